@@ -7,7 +7,7 @@ and hidden probes), ``build`` (solutions -> student and Colab notebooks).
 from .checks import CheckFailed, check_close, check_equal, check_true, checking, probe
 from .mode import (Env, for_mode, has_cuda, is_reduced, needs_gpu, output_dir, pick_device, pick_dtype,
                    seed_everything, setup, training_precision)
-from .models import (FALLBACK_ID, load_architecture, load_model, load_tokenizer,
+from .models import (FALLBACK_ID, generate, load_architecture, load_model, load_tokenizer,
                      resolve_model_id)
 from .shapes import SHAPES
 
@@ -17,6 +17,6 @@ __all__ = [
     "CheckFailed", "check_close", "check_equal", "check_true", "checking", "probe",
     "Env", "for_mode", "has_cuda", "is_reduced", "needs_gpu", "output_dir", "pick_device", "pick_dtype",
     "seed_everything", "setup", "training_precision",
-    "FALLBACK_ID", "load_architecture", "load_model", "load_tokenizer", "resolve_model_id",
+    "FALLBACK_ID", "generate", "load_architecture", "load_model", "load_tokenizer", "resolve_model_id",
     "SHAPES",
 ]

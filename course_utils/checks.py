@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 
 PROBE_FILE_VAR = "COURSE_PROBE_FILE"
@@ -119,8 +118,6 @@ def _to_plain(value):
         return {str(k): _to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_plain(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
     return value
 
 

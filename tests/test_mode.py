@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils import mode
+
+
+def test_reduced_mode_follows_the_variable(monkeypatch):
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    assert cu.is_reduced() and cu.for_mode(full=200, reduced=5) == 5
+    for off in ("", "0", "false"):
+        monkeypatch.setenv("COURSE_SMOKE", off)
+        assert not cu.is_reduced() and cu.for_mode(full=200, reduced=5) == 200
+    monkeypatch.delenv("COURSE_SMOKE")
+    assert not cu.is_reduced()
+
+
+@pytest.mark.parametrize("capability, native", [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_only_from_ampere_on(capability, native):
+    # A T4 (7.5) reports is_bf16_supported() == True through emulation; we decide by capability.
+    assert mode.gpu_has_native_bf16(capability) is native
+
+
+def test_dtype_per_device(monkeypatch):
+    assert cu.pick_dtype("cpu") is torch.float32
+    monkeypatch.setattr(mode, "gpu_has_native_bf16", lambda capability=None: False)
+    assert cu.pick_dtype("cuda") is torch.float16
+    assert mode.training_precision("cuda") == {"bf16": False, "fp16": True}
+    monkeypatch.setattr(mode, "gpu_has_native_bf16", lambda capability=None: True)
+    assert cu.pick_dtype("cuda") is torch.bfloat16
+    assert mode.training_precision("cpu") == {"bf16": False, "fp16": False}
+
+
+def test_reduced_mode_stays_on_cpu(monkeypatch):
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    monkeypatch.setattr(mode, "has_cuda", lambda: True)
+    assert cu.pick_device() == "cpu"
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    assert cu.pick_device() == "cuda"
+
+
+def test_setup_prints_versions_device_and_seeds(capsys):
+    env = cu.setup(seed=7)
+    out = capsys.readouterr().out
+    for word in ("torch", "transformers", "trl", "peft", "datasets", "device: cpu", "dtype: float32", "seed: 7"):
+        assert word in out
+    assert env.device == "cpu" and env.reduced
+    a = torch.rand(3)
+    cu.setup(seed=7, quiet=True)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_needs_gpu_says_why_it_skips(capsys, monkeypatch):
+    assert cu.needs_gpu("4-bit training") is False
+    assert "4-bit training needs a CUDA GPU" in capsys.readouterr().out
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr(mode, "has_cuda", lambda: False)
+    assert cu.needs_gpu("measured VRAM") is False
+    assert "Runtime > Change runtime type" in capsys.readouterr().out
+
+
+def test_output_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
+    assert cu.output_dir("03_yoda_sft") == tmp_path / "03_yoda_sft"
+    assert (tmp_path / "03_yoda_sft").is_dir()
