@@ -15,6 +15,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Notebooks under tests/ are fixtures (the grader's hostile submissions), never run by nbval.
+collect_ignore_glob = ["submissions/*", "**/*.ipynb"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 

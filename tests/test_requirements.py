@@ -1,0 +1,68 @@
+"""The pinned stack: what is installed equals the pins, and the Colab install cells come from
+requirements.txt."""
+import re
+from importlib import metadata
+
+import nbformat
+import pytest
+from packaging.version import Version
+
+from course_utils import build
+
+
+def _pins(path):
+    pins = {}
+    for line in path.read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if spec and not spec.startswith("-"):
+            name, _, version = spec.partition("==")
+            assert version, f"{path.name}: {spec!r} is not pinned with =="
+            pins[name] = version
+    return pins
+
+
+def test_torch_is_not_pinned_for_students(root):
+    assert "torch" not in _pins(root / "requirements.txt")
+
+
+@pytest.mark.parametrize("filename", ["requirements.txt", "requirements-dev.txt"])
+def test_installed_versions_equal_the_pins(root, filename):
+    wrong = {name: (want, metadata.version(name)) for name, want in _pins(root / filename).items()
+             if metadata.version(name) != want}
+    assert not wrong, f"installed versions differ from {filename}: {wrong}"
+
+
+def test_stack_respects_unsloth_caps_except_trl(root):
+    pins = _pins(root / "requirements.txt")
+    assert Version(pins["transformers"]) <= Version("5.17.0")
+    assert Version(pins["datasets"]) < Version("5.0")
+    # The one deliberate exception, explained in requirements.txt: trl 1.15.0 crashes on CPU.
+    assert pins["trl"] == "1.16.0"
+    assert "trl 1.15.0's SFTTrainer crashes on a CPU" in (root / "requirements.txt").read_text()
+
+
+def test_every_colab_install_cell_is_derived_from_requirements(root):
+    settings = build.repository_settings(root)
+    expected = build.colab_install_source((root / "requirements.txt").read_text(),
+                                          settings["repository"], settings["branch"])
+    notebooks = sorted((root / "colab").glob("*.ipynb"))
+    assert notebooks, "no Colab notebooks were generated"
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        installs = [c for c in nb.cells if c.cell_type == "code" and "%pip install" in c.source]
+        assert [c.source for c in installs] == [expected], f"{path.name}: install cell differs"
+        for pin in build.colab_requirements((root / "requirements.txt").read_text()):
+            assert f'"{pin}"' in installs[0].source
+
+
+def test_no_notebook_installs_a_different_version_of_a_pinned_package(root):
+    # smol-course's lesson: install cells that contradict requirements.txt break silently.
+    pins = _pins(root / "requirements.txt")
+    for folder in ("solutions", "notebooks"):
+        for path in sorted((root / folder).glob("*.ipynb")):
+            for cell in nbformat.read(path, as_version=4).cells:
+                for line in cell.source.splitlines():
+                    if re.search(r"[%!]pip install", line):
+                        for name, version in re.findall(r"([A-Za-z0-9_.-]+)==([^\s\"']+)", line):
+                            if name in pins:
+                                assert version == pins[name], f"{folder}/{path.name}: {name}=={version} but requirements.txt pins {pins[name]}"
