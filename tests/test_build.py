@@ -133,3 +133,19 @@ def test_bad_markers_fail_the_build_with_a_message(workbook, capsys):
 
 def test_committed_copies_are_up_to_date(root, capsys):
     assert build.main(["--root", str(root), "--check"]) == 0, capsys.readouterr().out
+
+
+def test_readme_links_point_at_existing_notebooks_and_the_configured_repository(root):
+    import re
+
+    readme = (root / "README.md").read_text()
+    repo = build.repository_settings(root)["repository"]
+    colab_links = re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/[^/]+/colab/([\w.]+)", readme)
+    assert colab_links, "README has no Colab badges"
+    for linked_repo, name in colab_links:
+        assert linked_repo == repo, f"README links {linked_repo}, pyproject.toml says {repo}"
+        assert (root / "colab" / name).exists(), f"README links colab/{name}, which does not exist"
+    for folder, name in re.findall(r"\]\((notebooks|solutions)/([\w.]+\.ipynb)\)", readme):
+        assert (root / folder / name).exists(), f"README links {folder}/{name}, which does not exist"
+    stems = {p.stem for p in (root / "solutions").glob("*.ipynb")}
+    assert stems <= {name[:-6] for _, name in colab_links}, "a notebook has no row in the README table"
