@@ -47,6 +47,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    # A worker never checks IRI formats; jsonschema (imported by nbformat) would otherwise import
+    # its optional IRI grammar, which costs more than a second of CPU in every worker process.
+    sys.modules.setdefault("rfc3987_syntax", None)
+
 from .build import HIDDEN, MarkerError, hidden_tests, validate_solution
 from .checks import PROBE_FILE_VAR, probe_matches
 
@@ -300,7 +305,7 @@ def detect_assignment(sub: Submission, catalog: Catalog, forced: str | None) -> 
     meta = sub.metadata.get("course_utils") if isinstance(sub.metadata.get("course_utils"), dict) else {}
     claimed = meta.get("assignment") or meta.get("generated_from")
     claimed = Path(str(claimed)).stem if claimed else None
-    ids = {c.course["exercise"] for c in sub.cells if "exercise" in c.course}
+    ids = {str(c.course["exercise"]) for c in sub.cells if "exercise" in c.course}
     by_ids = None
     if ids:
         overlap = {s: len(ids & set(e)) for s, e in catalog.exercise_ids().items()}
@@ -527,14 +532,14 @@ class Run:
     end_step: int | None
     error: str
     truncated_at: int | None
-    probes: list[dict]
-    probe_text_lines: list[str]
+    probes: list[dict | None]  # the probe file's records (None: a line that is not a record)
     executed: bytes | None
     seconds: float
 
 
 _LIVE: set = set()
 _LIVE_LOCK = threading.Lock()
+_STOP = threading.Event()
 
 
 def _kill_group(pid: int | None) -> None:
@@ -575,6 +580,8 @@ def run_notebook(cells: list[_Cell], assignment: Assignment, settings: Settings)
                                     start_new_session=True)
             with _LIVE_LOCK:
                 _LIVE.add(proc)
+                if _STOP.is_set():
+                    _kill_group(proc.pid)
             killed = False
             try:
                 proc.communicate(json.dumps(job).encode(), timeout=settings.timeout + GRACE_S)
@@ -638,7 +645,7 @@ def _read_run(steps, log: Path, probe_file: Path, log_dir: Path, killed: bool) -
     executed = None
     with contextlib.suppress(OSError):
         executed = (log_dir / "executed.ipynb").read_bytes()
-    return Run(steps, done, end["end"], end.get("step"), error, truncated, probes, raw, executed, 0.0)
+    return Run(steps, done, end["end"], end.get("step"), error, truncated, probes, executed, 0.0)
 
 
 # ------------------------------------------------------------------------------------- scoring
@@ -991,32 +998,39 @@ def grade(paths, *, assignment: str | None = None, out: str | Path = "grades",
     bar = tqdm(total=len(stems) + len(todo), desc="grading", unit="notebook", file=sys.stderr,
                disable=not progress)
     references: dict[str, Reference] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            # The references run first and alone: their files are gone before a student's kernel starts.
-            futures = {pool.submit(run_notebook, catalog.get(s).cells, catalog.get(s), settings): s
-                       for s in stems}
-            for fut in concurrent.futures.as_completed(futures):
-                stem = futures[fut]
-                references[stem] = reference_from(fut.result(), catalog.get(stem), settings)
-                bar.set_postfix_str(f"reference {stem}")
-                bar.update()
-            futures = {pool.submit(run_notebook, subs[i].cells, catalog.get(s), settings): i
-                       for i, s in todo.items()}
-            for fut in concurrent.futures.as_completed(futures):
-                i = futures[fut]
+        # The references run first: their files are gone before any student's kernel starts.
+        futures = {pool.submit(run_notebook, catalog.get(s).cells, catalog.get(s), settings): s
+                   for s in stems}
+        for fut in concurrent.futures.as_completed(futures):
+            stem = futures[fut]
+            references[stem] = reference_from(fut.result(), catalog.get(stem), settings)
+            bar.set_postfix_str(f"reference {stem}")
+            bar.update()
+        futures = {pool.submit(run_notebook, subs[i].cells, catalog.get(s), settings): i
+                   for i, s in todo.items()}
+        for fut in concurrent.futures.as_completed(futures):
+            i = futures[fut]
+            try:
                 run = fut.result()
-                assignment_ = catalog.get(todo[i])
-                results[i] = score(subs[i], assignment_, run, references[todo[i]], settings)
-                if run.executed:
-                    executed[i] = run.executed
-                bar.set_postfix_str(subs[i].student)
-                bar.update()
-    except BaseException:
+                results[i] = score(subs[i], catalog.get(todo[i]), run, references[todo[i]], settings)
+            except Exception as err:  # noqa: BLE001 - a grader bug costs one submission, not the run
+                results[i] = unrunnable_rows(subs[i], catalog.get(todo[i]), "grader-error",
+                                             f"{type(err).__name__}: {err}"[:500])
+                run = None
+            if run is not None and run.executed:
+                executed[i] = run.executed
+            bar.set_postfix_str(subs[i].student)
+            bar.update()
+    except BaseException:  # Ctrl-C, SIGTERM: stop every worker (and so its kernel) before leaving
+        _STOP.set()
+        pool.shutdown(wait=False, cancel_futures=True)
         _kill_all()
         raise
     finally:
         bar.close()
+    pool.shutdown()
 
     rows = [row for i in range(len(subs)) for row in results[i]]
     out.mkdir(parents=True, exist_ok=True)
@@ -1041,6 +1055,10 @@ def grade(paths, *, assignment: str | None = None, out: str | Path = "grades",
     return rows
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--worker"]:
@@ -1058,6 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-output-mb", type=float, default=10,
                         help="output kept per notebook; more is dropped (default 10)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
         rows = grade(args.submissions, assignment=args.assignment, out=args.out, solutions=args.solutions,
@@ -1066,6 +1085,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no gradebook written", file=sys.stderr)
+        return 130
     totals = [r for r in rows if r.exercise == TOTAL]
     counts = {}
     for r in totals:
