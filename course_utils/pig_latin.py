@@ -275,3 +275,81 @@ def translation_scores(predictions, references) -> dict:
     pairs = [(p.strip(), r.strip()) for p, r in zip(predictions, references)]
     return {"exact_match": sum(p == r for p, r in pairs) / len(pairs),
             "char_accuracy": sum(char_accuracy(p, r) for p, r in pairs) / len(pairs)}
+
+
+# -------------------------------------------------------------------------------- evaluation
+def generate_pig_latin(model, tokenizer, sentences, *, max_new_tokens: int = 48,
+                       batch_size: int = 16) -> list[dict]:
+    """Greedy answers to ``PROMPT_TEMPLATE`` for each sentence.
+
+    Each answer is ``{"raw": all generated text, "translation": its first line, stripped,
+    "stopped": whether the model produced its end-of-sequence token}``.
+    """
+    import torch
+
+    if isinstance(sentences, str):
+        raise ValueError("Pass a list of sentences, e.g. [sentence], not a single string.")
+    sentences = list(sentences)
+    was_training, old_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues at the right end of every row
+    eos = tokenizer.eos_token_id
+    out = []
+    try:
+        device = next(model.parameters()).device
+        for i in range(0, len(sentences), batch_size):
+            prompts = [PROMPT_TEMPLATE.format(english=s) for s in sentences[i:i + batch_size]]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                stopped = bool((row == eos).any())
+                if stopped:
+                    row = row[:int((row == eos).nonzero()[0])]
+                raw = tokenizer.decode(row, skip_special_tokens=True)
+                out.append({"raw": raw, "translation": raw.strip().split("\n")[0].strip(), "stopped": stopped})
+    finally:
+        tokenizer.padding_side = old_side
+        if was_training:
+            model.train()
+    return out
+
+
+def eos_probability(model, tokenizer, rows) -> float:
+    """Mean probability the model gives to its end-of-sequence token right after the correct
+    translation (prompt + `` `` + rule's answer): how ready it is to stop where it should."""
+    import torch
+
+    texts = [PROMPT_TEMPLATE.format(english=r["english"]) + " " + r["pig_latin"] for r in rows]
+    if not texts:
+        raise ValueError("No rows: pass at least one row with 'english' and 'pig_latin'.")
+    was_training, old_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "right"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(next(model.parameters()).device)
+        with torch.no_grad():
+            logits = model(**enc).logits
+        last = enc["attention_mask"].sum(dim=1) - 1
+        probs = torch.softmax(logits[torch.arange(len(texts)), last].float(), dim=-1)
+        return float(probs[:, tokenizer.eos_token_id].mean())
+    finally:
+        tokenizer.padding_side = old_side
+        if was_training:
+            model.train()
+
+
+def evaluate_pig_latin(model, tokenizer, rows, **generate_kwargs) -> dict:
+    """Exact match, character accuracy (against ``pig_latin_word``'s rule), the share of answers
+    that stopped and ``eos_probability``, for rows with ``english`` and ``pig_latin``; plus the
+    answers."""
+    rows = list(rows)
+    english = [r["english"] for r in rows]
+    answers = generate_pig_latin(model, tokenizer, english, **generate_kwargs)
+    scores = translation_scores([a["translation"] for a in answers], [r["pig_latin"] for r in rows])
+    scores["stop_rate"] = sum(a["stopped"] for a in answers) / len(answers)
+    scores["eos_probability"] = eos_probability(model, tokenizer, rows)
+    scores["answers"] = answers
+    return scores

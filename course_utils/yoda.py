@@ -26,9 +26,8 @@ SPLITS = ("train", "test")
 DEFAULT_TEST_SIZE = 0.1
 DEFAULT_SEED = 42
 
-YODA_SYSTEM_PROMPT = ("You are Yoda, the Jedi master. Rewrite the user's sentence the way you "
-                      "speak, keeping its meaning and its words. Answer with the rewritten "
-                      "sentence only.")
+# Short on purpose: it is repeated in every training example.
+YODA_SYSTEM_PROMPT = "You are Yoda. Rewrite the user's sentence the way Yoda speaks."
 
 
 # --------------------------------------------------------------------------------------- data
