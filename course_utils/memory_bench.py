@@ -1,0 +1,671 @@
+"""Measure training memory and step time, one configuration per fresh process (notebook 05).
+
+Memory left over from an earlier run in the same process (cached blocks, autocast caches,
+allocator fragmentation) corrupts a peak, so the parent process never imports torch's CUDA side:
+it starts ``python -m course_utils.memory_bench --child CONFIG`` for every configuration, which
+builds an architecture-only model (random weights: weight values do not change memory), calls
+``torch.cuda.reset_peak_memory_stats()``, trains a few steps with the trainer students use
+(TRL's ``SFTTrainer``, or ``transformers.Trainer`` for the HF-defaults QLoRA) and reports
+``max_memory_allocated()``, ``max_memory_reserved()`` and the median step time, with the GPU
+name, the library versions and the configuration. The parent writes the rows to a CSV.
+
+The shipped table is produced on a GPU with (resumable; see ``course_utils/data/memory_measurements.md``)::
+
+    python -m course_utils.memory_bench --grid course --resume --out course_utils/data/memory_measurements.csv
+
+Other uses::
+
+    python -m course_utils.memory_bench --plan --grid course --out table.csv   # estimates only
+    python -m course_utils.memory_bench --shape Llama-3.2-3B --method qlora_recipe --out -
+    python -m course_utils.memory_bench --shape Llama-3.2-3B --method qlora_recipe --snapshot snap.pickle
+
+On a machine without CUDA, ``--device cpu`` runs the same plumbing on the CPU: the GPU columns
+stay empty, ``device`` says ``cpu``, and ``cpu_peak_alloc_mib`` holds the CPU peak that PyTorch's
+profiler saw (a CPU figure, never a GPU one).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+from .memory import (METHODS, MIB, TrainConfig, estimate_training_memory, recipe_walk_configs)
+
+DEFAULT_OUT = Path(__file__).parent / "data" / "memory_measurements.csv"
+REPRODUCE = ("python -m course_utils.memory_bench --grid course --resume "
+             "--out course_utils/data/memory_measurements.csv")
+VERSION_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes",
+                    "liger-kernel", "unsloth")
+CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
+COLUMNS = (["status", "label", "backend", "device", "gpu", "versions"]
+           + [c for c in CONFIG_FIELDS if c != "shape"] + ["shape", "liger_used"]
+           + ["peak_alloc_mib", "peak_reserved_mib", "device_used_mib", "cpu_peak_alloc_mib",
+              "step_ms", "steps", "estimate_mib", "estimate_phase", "paged_estimate_mib",
+              "measured_at", "error"])
+KEY_FIELDS = ["backend", "device", "shape"] + [c for c in CONFIG_FIELDS if c != "shape"]
+
+GRIDS = {
+    # The shipped table: shapes x methods x checkpointing x sequence x attention x optimizer.
+    "course": dict(shapes=["SmolLM2-135M", "Llama-3.2-1B", "Llama-3.2-3B"],
+                   methods=["full16", "lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
+                   grad_ckpt=[False, True], seq_len=[512, 2048], attn=["eager", "sdpa"],
+                   optim=["adamw", "adamw_8bit"], walk=True),
+    # The benchmark targets and the walk at Llama-3.2-3B, sequence 512, batch 1 (about 10 runs).
+    "targets": dict(shapes=["Llama-3.2-3B"], methods=["lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
+                    grad_ckpt=[False, True], seq_len=[512], attn=["sdpa"], optim=["adamw"], walk=True),
+    # A few rows a notebook can measure live on a Colab T4.
+    "notebook": dict(shapes=["SmolLM2-135M"], methods=["lora16", "qlora_trl"], grad_ckpt=[False, True],
+                     seq_len=[512], attn=["eager", "sdpa"], optim=["adamw"], walk=False),
+}
+
+
+# ------------------------------------------------------------------------------------- grid
+def grid_configs(name: str = "course", *, layers: int | None = None) -> list[tuple[str, TrainConfig]]:
+    """``(label, config)`` for every configuration of a named grid, duplicates removed.
+
+    A method's ``fixed`` fields (the recipe always checkpoints and uses paged 8-bit AdamW) do not
+    vary with the grid.
+    """
+    if name not in GRIDS:
+        raise ValueError(f"Unknown grid {name!r}; choose one of {', '.join(GRIDS)}.")
+    g = GRIDS[name]
+    out, seen = [], set()
+
+    def add(label, cfg):
+        cfg = cfg.resolved()
+        key = config_key(cfg)
+        if key not in seen:
+            seen.add(key)
+            out.append((label, cfg))
+
+    for shape, method in itertools.product(g["shapes"], g["methods"]):
+        fixed = METHODS[method].get("fixed", ())
+        axes = {k: ([None] if k in fixed else g[k]) for k in ("grad_ckpt", "seq_len", "attn", "optim")}
+        for ck, s, attn, optim in itertools.product(axes["grad_ckpt"], axes["seq_len"], axes["attn"], axes["optim"]):
+            add("", TrainConfig(shape=shape, method=method, grad_ckpt=ck, seq_len=s or 512, attn=attn,
+                                optim=optim, layers=layers))
+    if g["walk"]:
+        for i, (label, cfg) in enumerate(recipe_walk_configs(), 1):
+            add(f"walk {i}: {label}", replace(cfg, layers=layers))
+    return out
+
+
+def config_key(cfg: TrainConfig, backend: str = "hf", device: str = "cuda") -> tuple:
+    d = asdict(cfg)
+    d.update(backend=backend, device=device)
+    return tuple(str(d[k]) for k in KEY_FIELDS)
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(str(_parse_value(k, row.get(k, ""))) for k in KEY_FIELDS)
+
+
+def _parse_value(name, value):
+    """CSV text back to the TrainConfig field's Python value."""
+    if name not in CONFIG_FIELDS:
+        return value
+    if value in ("", "None", None):
+        return None
+    if name in ("seq_len", "batch", "lora_r", "layers"):
+        return int(float(value))
+    if name == "lora_dropout":
+        return float(value)
+    if name in ("grad_ckpt", "double_quant", "upcast", "liger"):
+        return str(value).strip().lower() in ("true", "1", "yes")
+    return value
+
+
+def config_from_row(row: dict) -> TrainConfig:
+    return TrainConfig(**{k: _parse_value(k, row.get(k)) for k in CONFIG_FIELDS
+                          if row.get(k) not in (None, "")}).resolved()
+
+
+def plan_row(label: str, cfg: TrainConfig, *, backend: str = "hf", device: str = "cuda",
+             status: str = "not measured") -> dict:
+    """A table row for ``cfg`` with the estimate filled in and nothing measured."""
+    est = estimate_training_memory(cfg, device="cpu" if device == "cpu" else "cuda")
+    row = {c: "" for c in COLUMNS}
+    row.update({k: ("" if v is None else v) for k, v in asdict(cfg).items()})
+    row.update(status=status, label=label, backend=backend, device=device,
+               estimate_mib=round(est.peak_mib, 1), estimate_phase=est.phase,
+               paged_estimate_mib=round(est.paged_bytes / MIB, 1))
+    return row
+
+
+# -------------------------------------------------------------------------------- CSV I/O
+def read_table(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_table(rows: list[dict], path) -> None:
+    """Write rows with the harness's columns (atomically: a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memtable-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({c: row.get(c, "") for c in COLUMNS})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def merge_rows(existing: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of ``existing`` with those of ``new`` replacing the ones with the same key."""
+    index = {row_key(r): i for i, r in enumerate(existing)}
+    out = list(existing)
+    for r in new:
+        k = row_key(r)
+        if k in index:
+            out[index[k]] = r
+        else:
+            index[k] = len(out)
+            out.append(r)
+    return out
+
+
+def load_measurements(path=DEFAULT_OUT):
+    """The measurement table as a pandas DataFrame (numbers as numbers)."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    for col in ("peak_alloc_mib", "peak_reserved_mib", "device_used_mib", "cpu_peak_alloc_mib",
+                "step_ms", "estimate_mib", "paged_estimate_mib"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+# ------------------------------------------------------------------------------ the child
+def versions() -> str:
+    from .mode import package_version
+
+    return ";".join(f"{p}={package_version(p)}" for p in VERSION_PACKAGES if package_version(p))
+
+
+def _synthetic_tokenizer():
+    """A two-token tokenizer (pad, eos): the trainers want one, the data is already token ids."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1}, unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
+
+
+def checkpoint_dir(shape: str, layers: int | None = None) -> Path:
+    from .models import cache_dir
+    from .shapes import short_name
+
+    return cache_dir() / "architectures" / f"{short_name(shape)}-L{layers or 'all'}"
+
+
+def ensure_checkpoint(shape: str, layers: int | None = None, device: str = "cpu") -> Path:
+    """A saved architecture-only model (random bf16 weights) and the synthetic tokenizer, so
+    that quantised models can be loaded the way students load them (``from_pretrained`` with a
+    ``BitsAndBytesConfig``). Built once per shape and cached."""
+    import torch
+
+    from .models import _file_lock, load_architecture
+
+    target = checkpoint_dir(shape, layers)
+    if (target / "config.json").exists():
+        return target
+    with _file_lock(target.parent / ".build.lock"):
+        if (target / "config.json").exists():
+            return target
+        overrides = {"num_hidden_layers": layers} if layers else {}
+        model = load_architecture(shape, dtype=torch.bfloat16, device=device, **overrides)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+        model.save_pretrained(tmp)
+        _synthetic_tokenizer().save_pretrained(tmp)
+        del model
+        os.replace(tmp, target)
+    return target
+
+
+def _trainer_optim(optim: str, device: str) -> str:
+    return {"adamw": "adamw_torch_fused",
+            "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
+            "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd"}[optim]
+
+
+def _build_model(cfg: TrainConfig, device: str, backend: str):
+    """The model as the configuration loads it; returns ``(model, liger_used)``."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.compute_dtype]
+    overrides = {"num_hidden_layers": cfg.layers} if cfg.layers else {}
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # noqa: F401 - must come before transformers
+
+        path = ensure_checkpoint(cfg.shape, cfg.layers)
+        model, _ = FastLanguageModel.from_pretrained(model_name=str(path), max_seq_length=cfg.seq_len,
+                                                     dtype=dtype, load_in_4bit=cfg.quant is not None)
+        return model, False
+    if cfg.quant:
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        path = ensure_checkpoint(cfg.shape, cfg.layers)
+        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant,
+                                bnb_4bit_use_double_quant=bool(cfg.double_quant),
+                                bnb_4bit_compute_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=qc, dtype=dtype, attn_implementation=cfg.attn,
+            device_map={"": 0} if device == "cuda" else {"": "cpu"})
+        if cfg.upcast:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(cfg.grad_ckpt),
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        from .models import load_architecture
+
+        model = load_architecture(cfg.shape, dtype=dtype, device=device, **overrides)
+        model.set_attn_implementation(cfg.attn)
+    liger_used = False
+    if cfg.liger and device == "cuda":
+        try:
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
+                                            cross_entropy=False, fused_linear_cross_entropy=False)
+            liger_used = True
+        except ImportError:
+            pass
+    return model, liger_used
+
+
+def _dataset(cfg: TrainConfig, vocab: int, n_rows: int):
+    import torch
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, vocab, (n_rows, cfg.seq_len), generator=g).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+
+def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = "cuda",
+            backend: str = "hf", snapshot: str | None = None, label: str = "") -> dict:
+    """Train ``warmup + steps`` steps of ``cfg`` in this process and return the table row.
+
+    Call it in a fresh process (``main`` does): the peak must not include another run's memory.
+    """
+    cfg = cfg.resolved()
+    row = plan_row(label, cfg, backend=backend, device=device, status="error")
+    row.update(versions=versions(), measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+               pid=os.getpid())  # pid: not a column; the tests check that each run has its own process
+    if backend == "unsloth":
+        import unsloth  # noqa: F401 - unsloth patches transformers and trl, so it comes first
+    import torch
+    from transformers import TrainerCallback
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda needs a CUDA GPU; use --device cpu to test the plumbing.")
+        row["gpu"] = torch.cuda.get_device_name(0)
+    torch.manual_seed(0)
+    model, liger_used = _build_model(cfg, device, backend)
+    row["liger_used"] = liger_used
+    tok = _synthetic_tokenizer()
+    vocab = model.config.get_text_config().vocab_size
+    train = _dataset(cfg, vocab, n_rows=(warmup + steps) * cfg.batch)
+    times: list[float] = []
+
+    class _Timer(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+            self.step = 0
+
+        def _sync(self):
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.step += 1
+            if snapshot and device == "cuda" and self.step == warmup + steps:
+                torch.cuda.memory._record_memory_history(max_entries=500_000)
+            self._sync()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self._sync()
+            times.append(time.perf_counter() - self.t0)
+            if device == "cuda" and self.step == warmup + steps:
+                free, total = torch.cuda.mem_get_info()
+                row["device_used_mib"] = round((total - free) / MIB, 1)
+                if snapshot:
+                    torch.cuda.memory._dump_snapshot(snapshot)
+                    torch.cuda.memory._record_memory_history(enabled=None)
+
+    common = dict(output_dir=tempfile.mkdtemp(prefix="membench-"), max_steps=warmup + steps,
+                  per_device_train_batch_size=cfg.batch, learning_rate=1e-5 if not cfg.lora else 1e-4,
+                  optim=_trainer_optim(cfg.optim, device), gradient_checkpointing=bool(cfg.grad_ckpt),
+                  gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=10_000,
+                  save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+                  bf16=cfg.compute_dtype == "bf16", fp16=cfg.compute_dtype == "fp16", seed=0,
+                  use_cpu=device == "cpu")
+    lora_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=cfg.lora_dropout,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            model, r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=cfg.lora_dropout,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            use_gradient_checkpointing="unsloth" if cfg.grad_ckpt else False)
+        lora_config = None
+        common["gradient_checkpointing"] = False  # unsloth checkpoints itself
+    if cfg.loss == "chunked":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(max_length=cfg.seq_len, packing=False, **common)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok,
+                             peft_config=lora_config, callbacks=[_Timer()])
+    else:
+        from transformers import Trainer, TrainingArguments, default_data_collator
+
+        if lora_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, lora_config)
+            if cfg.grad_ckpt:
+                model.enable_input_require_grads()
+        args = TrainingArguments(remove_unused_columns=False, **common)
+        trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator,
+                          callbacks=[_Timer()])
+    if cfg.lora and backend == "hf":
+        want = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.lora_dtype]
+        for p in trainer.model.parameters():
+            if p.requires_grad and p.dtype != want:
+                p.data = p.data.to(want)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        row["peak_alloc_mib"] = round(torch.cuda.max_memory_allocated() / MIB, 1)
+        row["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / MIB, 1)
+    else:
+        row["cpu_peak_alloc_mib"] = round(cpu_peak_bytes(trainer.train) / MIB, 1)
+    measured = times[warmup:] or times
+    row["step_ms"] = round(1000 * statistics.median(measured), 1)
+    row["steps"] = len(measured)
+    row["status"] = "measured" if device == "cuda" else "cpu"
+    return row
+
+
+def cpu_peak_bytes(fn) -> int:
+    """Peak bytes of CPU tensors alive while ``fn`` runs, from PyTorch profiler's memory
+    timeline (every tensor's creation and destruction; tensors that existed before, such as the
+    weights, count from the start once ``fn`` touches them). A CPU measurement: the CUDA
+    allocator's rounding and the CUDA kernels' own buffers are not in it."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        fn()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    return int(max((sum(s) for s in sizes), default=0))
+
+
+# ------------------------------------------------------------------------------ the parent
+def run_isolated(cfg: TrainConfig, *, label: str = "", steps: int = 4, warmup: int = 2,
+                 device: str = "cuda", backend: str = "hf", snapshot: str | None = None,
+                 timeout: float = 1800, python: str | None = None) -> dict:
+    """Run one configuration in a fresh Python process and return its row (never raises for a
+    failed run: the row's ``status`` says ``oom`` or ``error`` and ``error`` says why)."""
+    cfg = cfg.resolved()
+    with tempfile.TemporaryDirectory(prefix="membench-") as tmp:
+        result = Path(tmp) / "row.json"
+        cmd = [python or sys.executable, "-m", "course_utils.memory_bench", "--child",
+               json.dumps(asdict(cfg)), "--result", str(result), "--steps", str(steps),
+               "--warmup", str(warmup), "--device", device, "--backend", backend, "--label", label]
+        if snapshot:
+            cmd += ["--snapshot", str(snapshot)]
+        env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false",
+                   PYTORCH_CUDA_ALLOC_CONF=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            row = plan_row(label, cfg, backend=backend, device=device, status="error")
+            row["error"] = f"timed out after {timeout:.0f} s"
+            return row
+        if result.exists():
+            return json.loads(result.read_text())
+        row = plan_row(label, cfg, backend=backend, device=device, status="error")
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+        row["error"] = f"exit {proc.returncode}: " + " | ".join(tail)[-400:]
+        if "out of memory" in (proc.stderr or "").lower():
+            row["status"] = "oom"
+        return row
+
+
+def gpu_memory_mib(python: str | None = None) -> float:
+    """Total memory of GPU 0 in MiB (0 without CUDA), asked in a separate process so that this
+    one never holds a CUDA context of its own."""
+    code = ("import torch; print(torch.cuda.get_device_properties(0).total_memory "
+            "if torch.cuda.is_available() else 0)")
+    out = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True)
+    try:
+        return float(out.stdout.strip().splitlines()[-1]) / MIB
+    except (ValueError, IndexError):
+        return 0.0
+
+
+def run_grid(configs, out, *, resume: bool = True, steps: int = 4, warmup: int = 2,
+             device: str = "cuda", backend: str = "hf", gpu_mib: float | None = None,
+             log=print) -> list[dict]:
+    """Measure ``configs`` (``(label, TrainConfig)`` pairs) one process each, writing ``out``
+    after every row. ``resume`` skips rows already measured in ``out``; a configuration whose
+    estimate exceeds ``gpu_mib`` is recorded as skipped instead of run into an out-of-memory."""
+    rows = read_table(out) if out != "-" else []
+    done = {row_key(r) for r in rows if r.get("status") in ("measured", "cpu", "oom")}
+    for i, (label, cfg) in enumerate(configs, 1):
+        key = config_key(cfg, backend, device)
+        if resume and key in done:
+            continue
+        est = estimate_training_memory(cfg).peak_mib
+        if gpu_mib and est > gpu_mib:
+            row = plan_row(label, cfg, backend=backend, device=device,
+                           status="skipped: estimate exceeds GPU memory")
+        else:
+            t0 = time.time()
+            row = run_isolated(cfg, label=label, steps=steps, warmup=warmup, device=device, backend=backend)
+            log(f"[{i}/{len(configs)}] {cfg.short_shape} {cfg.method} ckpt={cfg.grad_ckpt} s={cfg.seq_len} "
+                f"{cfg.attn} {cfg.optim}: {row['status']} peak={row.get('peak_alloc_mib') or row.get('cpu_peak_alloc_mib')} "
+                f"MiB est={row['estimate_mib']} ({time.time() - t0:.0f} s)")
+        rows = merge_rows(rows, [row])
+        if out != "-":
+            write_table(rows, out)
+    return rows
+
+
+def plan_table(configs, out, *, device: str = "cuda") -> list[dict]:
+    """Write (or refresh) a table whose rows carry estimates only, keeping measured rows."""
+    rows = read_table(out)
+    measured = {row_key(r) for r in rows if r.get("status") == "measured"}
+    new = [plan_row(label, cfg, device=device) for label, cfg in configs
+           if config_key(cfg, "hf", device) not in measured]
+    rows = merge_rows(rows, new)
+    # refresh the estimates of measured rows too: the estimator may have changed
+    for r in rows:
+        r["estimate_mib"] = round(estimate_training_memory(config_from_row(r)).peak_mib, 1)
+    write_table(rows, out)
+    return rows
+
+
+def summarize_snapshot(snapshot) -> "list[tuple[str, float]]":
+    """Where the memory is at the peak of a ``torch.cuda.memory._dump_snapshot`` file (or its
+    loaded dict): replays the allocation trace, finds the moment of the highest allocated total,
+    and sums the blocks alive then by the first recognisable frame of their stack (weights,
+    LoRA, optimizer, activations by module, loss...). Returns ``[(category, MiB), ...]``."""
+    import pickle
+
+    if not isinstance(snapshot, dict):
+        with open(snapshot, "rb") as fh:
+            snapshot = pickle.load(fh)
+    live: dict[int, tuple[int, str]] = {}
+    base = {}
+    for seg in snapshot.get("segments", []):
+        for blk in seg.get("blocks", []):
+            if blk.get("state") == "active_allocated":
+                base[blk["address"]] = (blk["size"], _categorize(blk.get("frames", [])))
+    # Blocks alive at the start of the trace: alive at the end and never allocated in the trace.
+    traced = {e["addr"] for dev in snapshot.get("device_traces", []) for e in dev if e.get("action") == "alloc"}
+    live.update({a: v for a, v in base.items() if a not in traced})
+    total = sum(v[0] for v in live.values())
+    best_total, best = total, dict(live)
+    for dev in snapshot.get("device_traces", []):
+        for e in dev:
+            action = e.get("action")
+            if action == "alloc":
+                live[e["addr"]] = (e["size"], _categorize(e.get("frames", [])))
+                total += e["size"]
+                if total > best_total:
+                    best_total, best = total, dict(live)
+            elif action in ("free_completed",) and e["addr"] in live:
+                total -= live.pop(e["addr"])[0]
+    sums: dict[str, float] = {}
+    for size, cat in best.values():
+        sums[cat] = sums.get(cat, 0.0) + size / MIB
+    return sorted(sums.items(), key=lambda kv: -kv[1])
+
+
+_FRAME_CATEGORIES = [
+    ("bitsandbytes/optim", "optimizer states"), ("torch/optim", "optimizer states"),
+    ("peft/tuners", "LoRA (weights, activations)"), ("chunked_logprob", "LM head and loss"),
+    ("loss_utils", "LM head and loss"), ("modeling_llama", "activations (decoder layers)"),
+    ("liger_kernel", "activations (decoder layers)"), ("bitsandbytes", "4-bit weights and dequantisation"),
+    ("modeling_utils", "weights (loading)"), ("checkpoint", "activations (checkpointing)"),
+    ("autograd", "gradients"), ("accelerate", "trainer"), ("trainer", "trainer"),
+]
+
+
+def _categorize(frames) -> str:
+    names = [str(f.get("filename", "")) for f in frames]
+    for needle, cat in _FRAME_CATEGORIES:
+        if any(needle in n for n in names):
+            return cat
+    return "other" if names else "allocated before the trace"
+
+
+# -------------------------------------------------------------------------------- command
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m course_utils.memory_bench",
+                                description="Measure training memory, one configuration per fresh process.")
+    p.add_argument("--grid", choices=sorted(GRIDS), help="a named grid of configurations")
+    p.add_argument("--shape", help="one configuration: model shape (e.g. Llama-3.2-3B)")
+    p.add_argument("--method", choices=sorted(METHODS), default="qlora_recipe")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--attn", choices=["eager", "sdpa"], default="sdpa")
+    p.add_argument("--optim", default=None)
+    p.add_argument("--grad-ckpt", choices=["on", "off"], default=None)
+    p.add_argument("--layers", type=int, default=None, help="override the number of layers (tests)")
+    p.add_argument("--compute-dtype", choices=["bf16", "fp16", "fp32"], default=None)
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="CSV to write ('-' prints the rows)")
+    p.add_argument("--resume", action="store_true", help="skip rows already measured in --out")
+    p.add_argument("--plan", action="store_true", help="write estimates only, measure nothing")
+    p.add_argument("--shard", default=None, help="K/N: run only every N-th configuration, from the K-th")
+    p.add_argument("--steps", type=int, default=4, help="measured steps (median step time)")
+    p.add_argument("--warmup", type=int, default=2, help="steps before the measured ones")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
+    p.add_argument("--snapshot", default=None, help="record a memory snapshot of the last step here")
+    p.add_argument("--label", default="")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _child(args) -> int:
+    cfg = TrainConfig(**json.loads(args.child))
+    try:
+        row = run_one(cfg, steps=args.steps, warmup=args.warmup, device=args.device,
+                      backend=args.backend, snapshot=args.snapshot, label=args.label)
+    except Exception as err:  # noqa: BLE001 - every failure becomes a row saying why
+        row = plan_row(args.label, cfg.resolved(), backend=args.backend, device=args.device, status="error")
+        row["versions"] = versions()
+        name = type(err).__name__
+        row["status"] = "oom" if "OutOfMemory" in name or "out of memory" in str(err).lower() else "error"
+        row["error"] = f"{name}: {err}"[:400]
+    Path(args.result).write_text(json.dumps(row))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.child:
+        return _child(args)
+    if args.grid:
+        configs = grid_configs(args.grid, layers=args.layers)
+    elif args.shape:
+        fields_ = dict(shape=args.shape, method=args.method, seq_len=args.seq_len, batch=args.batch,
+                       attn=args.attn, optim=args.optim, layers=args.layers,
+                       grad_ckpt=None if args.grad_ckpt is None else args.grad_ckpt == "on")
+        if args.compute_dtype:
+            fields_["compute_dtype"] = args.compute_dtype
+        configs = [(args.label, TrainConfig(**fields_).resolved())]
+    else:
+        _parser().error("give --grid NAME or --shape SHAPE")
+    if args.shard:
+        k, n = (int(x) for x in args.shard.split("/"))
+        if not 1 <= k <= n:
+            _parser().error("--shard K/N needs 1 <= K <= N")
+        configs = configs[k - 1::n]
+    if args.plan:
+        plan_table(configs, args.out, device=args.device)
+        print(f"Wrote {len(configs)} estimated rows to {args.out} (nothing measured).")
+        return 0
+    gpu_mib = None
+    if args.device == "cuda":
+        gpu_mib = gpu_memory_mib()
+        if not gpu_mib:
+            print("No CUDA GPU here: run with --device cpu to test the plumbing, or --plan for estimates.")
+            return 2
+    if args.snapshot and len(configs) == 1:
+        row = run_isolated(configs[0][1], label=args.label, steps=args.steps, warmup=args.warmup,
+                           device=args.device, backend=args.backend, snapshot=args.snapshot)
+        rows = [row]
+        if os.path.exists(args.snapshot):
+            for cat, mib in summarize_snapshot(args.snapshot):
+                print(f"{cat:<40} {mib:>10,.1f} MiB")
+        if args.out != "-":
+            write_table(merge_rows(read_table(args.out), rows), args.out)
+    else:
+        rows = run_grid(configs, args.out, resume=args.resume, steps=args.steps, warmup=args.warmup,
+                        device=args.device, backend=args.backend, gpu_mib=gpu_mib)
+    if args.out == "-":
+        writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
