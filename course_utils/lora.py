@@ -114,11 +114,17 @@ def delta_weight(layer, adapter_name: str = "default"):
 
 
 def logits(model, inputs):
-    """The model's logits for ``inputs`` (a dict of tensors), without gradients, in float32."""
+    """The model's logits for ``inputs`` (a dict of tensors): eval mode (no dropout; note that
+    ``get_peft_model`` returns a model in training mode), no gradients, float32."""
     import torch
 
-    with torch.no_grad():
-        return model(**inputs).logits.float()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(**inputs).logits.float()
+    finally:
+        model.train(was_training)
 
 
 def max_abs_diff(a, b) -> float:

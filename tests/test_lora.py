@@ -126,3 +126,13 @@ def test_base_parameter_count_counts_tied_weights_once():
     model = tiny_model()
     assert model.config.tie_word_embeddings
     assert L.base_parameter_count(model) == sum(p.numel() for p in set(model.parameters()))
+
+
+def test_logits_runs_in_eval_mode_and_restores_the_mode():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.5))
+    L.randomize_adapter(model, seed=0)
+    model.train()
+    first, second = L.logits(model, tiny_inputs()), L.logits(model, tiny_inputs())
+    assert torch.equal(first, second) and model.training
