@@ -291,6 +291,8 @@ class TrainConfig:
         values = {k: (preset.get(k) if getattr(self, k) is None else getattr(self, k))
                   for k in ("grad_ckpt", "optim", "quant", "double_quant", "upcast", "lora_dtype",
                             "loss", "liger")}
+        if self.compute_dtype == "fp16" and values["lora_dtype"] == "bf16":
+            values["lora_dtype"] = "fp32"  # fp16 mixed precision (a T4) unscales fp32 trainable weights
         cfg = replace(self, shape=resolve_shape_id(self.shape), **values)
         cfg.validate()
         return cfg
@@ -488,14 +490,14 @@ class MemoryEstimate:
         return self.peak_bytes / GIB
 
     def table(self):
-        """The parts as a pandas DataFrame (MiB and share of the peak)."""
+        """The parts as a pandas DataFrame (MiB and percent of the peak)."""
         import pandas as pd
 
-        rows = [{"part": k, "MiB": v / MIB, "share": v / self.peak_bytes if self.peak_bytes else 0.0}
+        rows = [{"part": k, "MiB": v / MIB, "share %": 100 * v / self.peak_bytes if self.peak_bytes else 0.0}
                 for k, v in self.parts.items() if v > 0]
         if self.paged_bytes:
             rows.append({"part": "paged optimizer states (outside PyTorch's allocator)",
-                         "MiB": self.paged_bytes / MIB, "share": float("nan")})
+                         "MiB": self.paged_bytes / MIB, "share %": float("nan")})
         return pd.DataFrame(rows)
 
     def __str__(self) -> str:

@@ -59,14 +59,37 @@ GRIDS = {
     "course": dict(shapes=["SmolLM2-135M", "Llama-3.2-1B", "Llama-3.2-3B"],
                    methods=["full16", "lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
                    grad_ckpt=[False, True], seq_len=[512, 2048], attn=["eager", "sdpa"],
-                   optim=["adamw", "adamw_8bit"], walk=True),
+                   optim=["adamw", "adamw_8bit"], walk=True, mix=True),
     # The benchmark targets and the walk at Llama-3.2-3B, sequence 512, batch 1 (about 10 runs).
     "targets": dict(shapes=["Llama-3.2-3B"], methods=["lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
-                    grad_ckpt=[False, True], seq_len=[512], attn=["sdpa"], optim=["adamw"], walk=True),
+                    grad_ckpt=[False, True], seq_len=[512], attn=["sdpa"], optim=["adamw"], walk=True, mix=False),
     # A few rows a notebook can measure live on a Colab T4.
     "notebook": dict(shapes=["SmolLM2-135M"], methods=["lora16", "qlora_trl"], grad_ckpt=[False, True],
-                     seq_len=[512], attn=["eager", "sdpa"], optim=["adamw"], walk=False),
+                     seq_len=[512], attn=["eager", "sdpa"], optim=["adamw"], walk=False, mix=False),
 }
+
+
+# The "mixing and matching" table of notebook 05: one change at a time, at Llama-3.2-1B, 512 tokens.
+MIX_SHAPE = "meta-llama/Llama-3.2-1B"
+MIX_TABLE: list[tuple[str, dict]] = [
+    ("full fine-tune, AdamW, eager attention", dict(method="full16", attn="eager", grad_ckpt=False, optim="adamw")),
+    ("+ gradient checkpointing", dict(method="full16", attn="eager", grad_ckpt=True, optim="adamw")),
+    ("+ 8-bit AdamW", dict(method="full16", attn="eager", grad_ckpt=True, optim="adamw_8bit")),
+    ("LoRA r=16 instead (eager, no checkpointing)", dict(method="lora16", attn="eager", grad_ckpt=False, optim="adamw")),
+    ("LoRA + SDPA attention", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw")),
+    ("LoRA + SDPA + gradient checkpointing", dict(method="lora16", attn="sdpa", grad_ckpt=True, optim="adamw")),
+    ("LoRA + SDPA, batch 4", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw", batch=4)),
+    ("LoRA + SDPA, batch 1 x 4 accumulation steps", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw")),
+    ("LoRA + SDPA, sequence 2048", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw", seq_len=2048)),
+    ("QLoRA (TRL defaults) + SDPA + checkpointing", dict(method="qlora_trl", attn="sdpa", grad_ckpt=True, optim="adamw")),
+    ("QLoRA course recipe", dict(method="qlora_recipe", attn="sdpa")),
+]
+
+
+def mix_configs(shape: str = MIX_SHAPE, seq_len: int = 512) -> list[tuple[str, TrainConfig]]:
+    """The configurations of ``MIX_TABLE`` (gradient accumulation needs no configuration of its
+    own: accumulating over 4 micro-batches of 1 holds the memory of a batch of 1)."""
+    return [(label, TrainConfig(**{"shape": shape, "seq_len": seq_len, **f}).resolved()) for label, f in MIX_TABLE]
 
 
 # ------------------------------------------------------------------------------------- grid
@@ -97,6 +120,9 @@ def grid_configs(name: str = "course", *, layers: int | None = None) -> list[tup
     if g["walk"]:
         for i, (label, cfg) in enumerate(recipe_walk_configs(), 1):
             add(f"walk {i}: {label}", replace(cfg, layers=layers))
+    if g["mix"]:
+        for label, cfg in mix_configs():
+            add(f"mix: {label}", replace(cfg, layers=layers))
     return out
 
 
@@ -180,6 +206,14 @@ def merge_rows(existing: list[dict], new: list[dict]) -> list[dict]:
             index[k] = len(out)
             out.append(r)
     return out
+
+
+def find_row(cfg: TrainConfig, rows: list[dict] | None = None, *, backend: str = "hf",
+             device: str = "cuda") -> dict | None:
+    """The row of ``cfg`` in ``rows`` (default: the shipped table), or None."""
+    rows = read_table(DEFAULT_OUT) if rows is None else rows
+    key = config_key(cfg.resolved(), backend, device)
+    return next((r for r in rows if row_key(r) == key), None)
 
 
 def load_measurements(path=DEFAULT_OUT):
@@ -324,6 +358,9 @@ def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = 
             raise SystemExit("--device cuda needs a CUDA GPU; use --device cpu to test the plumbing.")
         row["gpu"] = torch.cuda.get_device_name(0)
     torch.manual_seed(0)
+    if snapshot and device == "cuda":
+        # from the start, so that the weights' blocks carry the stack that allocated them
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000)
     model, liger_used = _build_model(cfg, device, backend)
     row["liger_used"] = liger_used
     tok = _synthetic_tokenizer()
@@ -342,8 +379,6 @@ def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = 
 
         def on_step_begin(self, args, state, control, **kw):
             self.step += 1
-            if snapshot and device == "cuda" and self.step == warmup + steps:
-                torch.cuda.memory._record_memory_history(max_entries=500_000)
             self._sync()
             self.t0 = time.perf_counter()
 
@@ -439,6 +474,12 @@ def run_isolated(cfg: TrainConfig, *, label: str = "", steps: int = 4, warmup: i
     """Run one configuration in a fresh Python process and return its row (never raises for a
     failed run: the row's ``status`` says ``oom`` or ``error`` and ``error`` says why)."""
     cfg = cfg.resolved()
+    if (cfg.quant or backend == "unsloth") and not (checkpoint_dir(cfg.shape, cfg.layers) / "config.json").exists():
+        # built in a process of its own, so that building it never shows in a measurement
+        code = ("import sys; from course_utils.memory_bench import ensure_checkpoint; "
+                "ensure_checkpoint(sys.argv[1], int(sys.argv[2]) or None, device=sys.argv[3])")
+        subprocess.run([python or sys.executable, "-c", code, cfg.shape, str(cfg.layers or 0), device],
+                       capture_output=True, text=True, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="membench-") as tmp:
         result = Path(tmp) / "row.json"
         cmd = [python or sys.executable, "-m", "course_utils.memory_bench", "--child",
@@ -566,10 +607,13 @@ _FRAME_CATEGORIES = [
 
 
 def _categorize(frames) -> str:
+    """The category of the innermost frame (snapshots list frames innermost first) that one of
+    ``_FRAME_CATEGORIES`` recognises."""
     names = [str(f.get("filename", "")) for f in frames]
-    for needle, cat in _FRAME_CATEGORIES:
-        if any(needle in n for n in names):
-            return cat
+    for name in names:
+        for needle, cat in _FRAME_CATEGORIES:
+            if needle in name:
+                return cat
     return "other" if names else "allocated before the trace"
 
 

@@ -187,7 +187,7 @@ def test_estimate_parts_add_up_and_are_labelled():
     assert est.config.grad_ckpt is True and est.config.optim == "paged_adamw_8bit"
     assert est.paged_bytes > 0 and "paged" in str(est)
     table = est.table()
-    assert set(table.columns) == {"part", "MiB", "share"}
+    assert set(table.columns) == {"part", "MiB", "share %"}
     # hand-computed weights: 2,818,572,288 linear weights at 4.127 bits, 394M embedding in bf16
     counts = M.count_parameters("meta-llama/Llama-3.2-3B")
     assert counts.linear == 2_818_572_288 and counts.embedding == 128256 * 3072
