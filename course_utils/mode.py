@@ -109,6 +109,9 @@ def setup(seed: int = 42, *, quiet: bool = False) -> Env:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars, read before TQDM_DISABLE is
     seed_everything(seed)
     device = pick_device()
     dtype = pick_dtype(device)
