@@ -39,8 +39,10 @@ OPTIM_8BIT_MIN_SIZE = 4096    # smaller tensors keep 32-bit optimizer states
 LM_HEAD_TOKEN_CHUNK = 4096
 LM_HEAD_VOCAB_CHUNK = 32768
 # PyTorch allocates cuBLAS/cuBLASLt workspaces through its caching allocator, so they count in
-# max_memory_allocated(). An assumption (4 MiB x 8 handles), to be calibrated on a GPU run.
-CUDA_WORKSPACE_BYTES = 32 * MIB
+# max_memory_allocated(): one per thread that runs matmuls (the forward pass, and autograd's
+# device thread in the backward pass), 32 MiB each on Hopper GPUs by PyTorch's default. An
+# assumption, to be calibrated against the first GPU measurements (smaller on a T4).
+CUDA_WORKSPACE_BYTES = 2 * 32 * MIB
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
 ATTENTIONS = ("eager", "sdpa")
@@ -281,6 +283,7 @@ class TrainConfig:
     lora_dtype: str | None = None     # "fp32" (PEFT's default) or "bf16"
     loss: str | None = None           # "full_logits" (transformers.Trainer) or "chunked" (TRL)
     liger: bool | None = None         # Liger's RMSNorm/SwiGLU/RoPE kernels (GPU only)
+    amp: bool | None = None           # mixed precision (autocast): the trainer's bf16=/fp16=True
     compute_dtype: str = "bf16"       # "bf16", or "fp16" on a T4
     layers: int | None = None         # overrides the shape's number of layers (tests, CPU runs)
 
@@ -290,7 +293,7 @@ class TrainConfig:
         preset = METHODS[self.method]
         values = {k: (preset.get(k) if getattr(self, k) is None else getattr(self, k))
                   for k in ("grad_ckpt", "optim", "quant", "double_quant", "upcast", "lora_dtype",
-                            "loss", "liger")}
+                            "loss", "liger", "amp")}
         if self.compute_dtype == "fp16" and values["lora_dtype"] == "bf16":
             values["lora_dtype"] = "fp32"  # fp16 mixed precision (a T4) unscales fp32 trainable weights
         cfg = replace(self, shape=resolve_shape_id(self.shape), **values)
@@ -326,29 +329,30 @@ class TrainConfig:
 METHODS: dict[str, dict] = {
     "full16": dict(label="full fine-tune, 16-bit", trainable="all", quant=None, double_quant=False,
                    upcast=False, lora_dtype=None, loss="chunked", liger=False, grad_ckpt=False,
-                   optim="adamw"),
+                   optim="adamw", amp=True),
     "lora16": dict(label="LoRA, 16-bit base", trainable="lora", quant=None, double_quant=False,
                    upcast=False, lora_dtype="fp32", loss="chunked", liger=False, grad_ckpt=False,
-                   optim="adamw"),
+                   optim="adamw", amp=True),
     "qlora_hf": dict(label="QLoRA, HF defaults (prepare_model_for_kbit_training + Trainer)",
                      trainable="lora", quant="nf4", double_quant=True, upcast=True, lora_dtype="fp32",
-                     loss="full_logits", liger=False, grad_ckpt=False, optim="adamw"),
+                     loss="full_logits", liger=False, grad_ckpt=False, optim="adamw", amp=False),
     "qlora_trl": dict(label="QLoRA, TRL SFTTrainer defaults", trainable="lora", quant="nf4",
                       double_quant=True, upcast=False, lora_dtype="bf16", loss="chunked", liger=False,
-                      grad_ckpt=False, optim="adamw"),
+                      grad_ckpt=False, optim="adamw", amp=True),
     "qlora_recipe": dict(label="QLoRA, course recipe", trainable="lora", quant="nf4", double_quant=True,
                          upcast=False, lora_dtype="bf16", loss="chunked", liger=True, grad_ckpt=True,
-                         optim="paged_adamw_8bit", fixed=("grad_ckpt", "optim")),
+                         optim="paged_adamw_8bit", amp=True, fixed=("grad_ckpt", "optim")),
 }
 
 # The walk from HF defaults to the course recipe, one change at a time (Llama-3.2-3B, 512, batch 1).
 RECIPE_WALK: list[tuple[str, dict]] = [
-    ("HF defaults: prepare_model_for_kbit_training, fp32 LoRA, full logits",
+    ("HF defaults: prepare_model_for_kbit_training, fp32 LoRA, Trainer (full logits, no mixed precision)",
      dict(method="qlora_hf", grad_ckpt=False, optim="adamw")),
     ("+ no fp32 upcast of embeddings and norms", dict(upcast=False)),
     ("+ chunked LM-head loss (TRL SFTTrainer)", dict(loss="chunked")),
     ("+ paged 8-bit AdamW", dict(optim="paged_adamw_8bit")),
     ("+ LoRA weights in bf16", dict(lora_dtype="bf16")),
+    ("+ bf16 mixed precision (autocast, SFTConfig's default)", dict(amp=True)),
     ("+ gradient checkpointing", dict(grad_ckpt=True)),
     ("+ Liger RMSNorm/SwiGLU/RoPE kernels (course recipe)", dict(liger=True)),
 ]
@@ -386,63 +390,102 @@ def _nbytes(dtype: str) -> float:
     return DTYPE_BYTES[dtype]
 
 
-def layer_activation_breakdown(cfg: TrainConfig) -> dict:
+def _dtypes(cfg: TrainConfig) -> dict:
+    """Bytes per value of the tensors of one layer, by role (see ``layer_activation_breakdown``)."""
+    p = _nbytes(cfg.compute_dtype)
+    stream = 4.0 if cfg.upcast else p             # residual stream: fp32 after the upcast
+    quant = cfg.quant is not None
+    y = stream                                    # norm outputs (fp32 weight x fp32 stream, or p)
+
+    def lin_out(x):  # bitsandbytes returns its input's dtype; a 16-bit layer its compute dtype
+        return x if quant else p
+
+    dq = lin_out(y)                               # q, k, v; gate and up
+    attn_out = p if cfg.amp else dq               # autocast runs attention in the compute dtype
+    return {"p": p, "stream": stream, "y": y, "dq": dq, "attn_out": attn_out, "mlp": dq,
+            "lora": _nbytes(cfg.lora_dtype) if cfg.lora else None, "quant": quant}
+
+
+def sdpa_backend(cfg: TrainConfig, flash_attention: bool = True, device: str = "cuda") -> str:
+    """The kernel PyTorch's SDPA picks on a GPU: ``flash`` (16-bit, Ampere or newer: pass
+    ``flash_attention=False`` for a T4), ``efficient`` (fp32, or no flash, without grouped-query
+    attention) or ``math``, which materialises the scores (fp32 with grouped-query attention,
+    e.g. the upcast model of the HF defaults without mixed precision). On the CPU, PyTorch's
+    flash kernel takes every dtype."""
+    if device == "cpu":
+        return "flash"
+    d = _dtypes(cfg)
+    g = _dims(get_shape(cfg.shape))
+    a = d["p"] if cfg.amp else d["dq"]
+    if a != 4 and flash_attention:
+        return "flash"
+    return "efficient" if g["nh"] == g["nkv"] else "math"
+
+
+def layer_activation_breakdown(cfg: TrainConfig, flash_attention: bool = True, device: str = "cuda") -> dict:
     """Bytes one decoder layer saves for the backward pass, by tensor group, as transformers'
-    Llama layer, PEFT's LoRA layers and bitsandbytes' 4-bit layers save them under autocast.
+    Llama layer, PEFT's LoRA layers and bitsandbytes' 4-bit layers save them.
 
     Rules (checked against the saved-tensor hooks of a real model in the tests):
     - RMSNorm keeps an fp32 copy of its input (and the normalised input when its weight trains);
     - a linear layer whose weight trains, or that carries LoRA, keeps its input; a frozen 16-bit or
-      4-bit base layer keeps nothing. When that input is not in the compute dtype (fp32 stream
-      after the upcast, or fp32 LoRA weights, which make PEFT cast the input), every consumer keeps
-      its own compute-dtype copy;
-    - attention keeps q, k, v and its output (SDPA: plus the log-sum-exp), or with eager
-      attention the repeated k and v, the fp32 softmax and its compute-dtype copy (``6·b·nh·s²``);
+      4-bit base layer keeps nothing. Several layers reading the same input share it, unless each
+      casts it: under autocast to the compute dtype (an fp32 input, or PEFT's cast to fp32 LoRA
+      weights on a 16-bit base), without autocast to the LoRA weights' dtype;
+    - attention keeps q, k, v and its output (SDPA's flash and efficient kernels: plus the
+      log-sum-exp), or with eager attention the repeated k and v, the fp32 softmax and its
+      compute-dtype copy; SDPA's math kernel keeps the scaled q and k, the repeated v and the softmax;
     - the SwiGLU MLP keeps gate, SiLU(gate) and up (Liger's kernel: gate and up only).
     """
     cfg = cfg.resolved()
     g = _dims(get_shape(cfg.shape))
-    T = cfg.batch * cfg.seq_len
-    b, s = cfg.batch, cfg.seq_len
-    p = _nbytes(cfg.compute_dtype)
-    stream = 4.0 if cfg.upcast else p            # residual-stream dtype (fp32 after the upcast)
+    T, b, s = cfg.batch * cfg.seq_len, cfg.batch, cfg.seq_len
+    d = _dtypes(cfg)
+    p, stream = d["p"], d["stream"]
     full = not cfg.lora
-    quant = cfg.quant is not None
-    lora_cast = cfg.lora and cfg.lora_dtype == "fp32" and not quant  # PEFT casts x to fp32 first
-    y_bytes = stream                              # norm output: fp32 weight x fp32 stream, or p
-    lin_out = stream if quant else p              # bnb returns its input's dtype, else autocast p
 
-    def consumers(n_elems: float, dtype_bytes: float, k: int, already_saved: bool = False) -> float:
-        savers = full or cfg.lora
-        if not savers:
-            return 0.0
-        if cfg.lora and cfg.lora_dropout > 0:
-            return k * n_elems * (p + 1)          # dropout output (cast) + its bool mask (CUDA)
-        if dtype_bytes == p and not lora_cast:
-            return 0.0 if already_saved else n_elems * p
-        return k * n_elems * p
+    def consumers(n: float, x: float, k: int, already_saved: bool = False) -> float:
+        """Bytes the k linear layers that read one input of n values (x bytes each) keep."""
+        if full:
+            if cfg.amp and x != p:
+                return k * n * p                  # each autocast cast is a copy of its own
+            return 0.0 if already_saved else n * (p if cfg.amp else x)
+        lb = d["lora"]
+        if cfg.lora_dropout > 0:                  # a dropout output and its bool mask, each
+            return k * n * ((p if cfg.amp else lb) + 1)
+        if cfg.amp:
+            casts = x != p or (cfg.lora_dtype == "fp32" and not d["quant"])
+            return k * n * p if casts else (0.0 if already_saved else n * p)
+        return k * n * lb if x != lb else (0.0 if already_saved else n * lb)
 
     out: dict[str, float] = {}
     if cfg.liger:
         out["norms"] = 2 * (T * g["h"] * stream + 4 * T)
     else:
         out["norms"] = 2 * (4 * T * g["h"] + 4 * T + (T * g["h"] * stream if full else 0))
-    out["attention inputs (q, k, v)"] = consumers(T * g["h"], y_bytes, 3)
+    out["attention inputs (q, k, v)"] = consumers(T * g["h"], d["y"], 3)
     n_rep = g["nh"] // g["nkv"]
-    if cfg.attn == "sdpa":
-        out["attention"] = T * (g["q"] + 2 * g["kv"]) * p + T * g["q"] * p + 4 * b * g["nh"] * s
-        out["attention output (o_proj input)"] = consumers(T * g["q"], p, 1, already_saved=True)
+    qkv = p if cfg.amp else d["dq"]               # what attention keeps of q, k and v
+    backend = sdpa_backend(cfg, flash_attention, device) if cfg.attn == "sdpa" else "eager"
+    if backend in ("flash", "efficient"):
+        out["attention"] = T * (g["q"] + 2 * g["kv"]) * qkv + T * g["q"] * d["attn_out"] + 4 * b * g["nh"] * s
+        out["attention output (o_proj input)"] = consumers(T * g["q"], d["attn_out"], 1, already_saved=True)
+    elif backend == "math":
+        out["attention"] = 3 * T * g["q"] * qkv
+        out["attention scores (SDPA math kernel)"] = qkv * b * g["nh"] * s * s
+        out["attention output (o_proj input)"] = consumers(T * g["q"], d["attn_out"], 1)
     else:
         kv_saved = g["q"] if n_rep > 1 else g["kv"]
-        out["attention"] = T * (g["q"] + 2 * kv_saved) * p
-        out["attention scores (eager)"] = (4 + p) * b * g["nh"] * s * s
-        out["attention output (o_proj input)"] = consumers(T * g["q"], p, 1)
-    out["MLP inputs (gate, up)"] = consumers(T * g["h"], y_bytes, 2)
-    out["MLP (gate, SiLU, up)"] = (2 if cfg.liger else 3) * T * g["i"] * lin_out
-    out["MLP down_proj input"] = consumers(T * g["i"], lin_out, 1)
+        out["attention"] = T * (g["q"] + 2 * kv_saved) * qkv
+        # the fp32 softmax, and its copy in the attention's dtype (none when that is fp32 too)
+        out["attention scores (eager)"] = (4 + (qkv if qkv != 4 else 0)) * b * g["nh"] * s * s
+        out["attention output (o_proj input)"] = consumers(T * g["q"], d["attn_out"], 1)
+    out["MLP inputs (gate, up)"] = consumers(T * g["h"], d["y"], 2)
+    out["MLP (gate, SiLU, up)"] = (2 if cfg.liger else 3) * T * g["i"] * d["mlp"]
+    out["MLP down_proj input"] = consumers(T * g["i"], d["mlp"], 1)
     if cfg.lora:
-        out["LoRA A outputs"] = len(layer_linears(cfg.shape)) * T * cfg.lora_r * p
-        if cfg.lora_dtype == "fp32" and p != 4:
+        out["LoRA A outputs"] = len(layer_linears(cfg.shape)) * T * cfg.lora_r * (p if cfg.amp else d["lora"])
+        if cfg.amp and cfg.lora_dtype == "fp32" and p != 4:
             # autocast casts each fp32 LoRA weight to the compute dtype once per forward and keeps
             # the copy for the backward pass
             out["LoRA weight copies (autocast)"] = sum(
@@ -450,19 +493,20 @@ def layer_activation_breakdown(cfg: TrainConfig) -> dict:
     return out
 
 
-def _layer_backward_transient(cfg: TrainConfig) -> float:
+def _layer_backward_transient(cfg: TrainConfig, flash_attention: bool = True, device: str = "cuda") -> float:
     """The largest gradient buffers alive inside one layer's backward pass (an approximation):
-    the MLP's intermediate gradients, the residual-stream gradients, the eager attention's
-    score gradients, and for 4-bit layers one dequantised weight."""
+    the MLP's intermediate gradients, the residual-stream gradients, the attention's gradients
+    (eager: the scores'; SDPA: q, k, v and flash attention's fp32 dq accumulator), and for 4-bit
+    layers one dequantised weight."""
     g = _dims(get_shape(cfg.shape))
     T, b, s = cfg.batch * cfg.seq_len, cfg.batch, cfg.seq_len
-    p = _nbytes(cfg.compute_dtype)
-    stream = 4.0 if cfg.upcast else p
-    lin_out = stream if cfg.quant else p
-    mlp = 3 * T * g["i"] * lin_out
-    attn = (2 * p + 8) * b * g["nh"] * s * s if cfg.attn == "eager" else 3 * T * g["q"] * p
-    dequant = max(x.in_features * x.out_features for x in layer_linears(cfg.shape)) * p if cfg.quant else 0.0
-    return max(mlp, attn) + 2 * T * g["h"] * stream + dequant
+    d = _dtypes(cfg)
+    a = d["attn_out"]
+    mlp = 3 * T * g["i"] * d["mlp"]
+    scores = cfg.attn == "eager" or sdpa_backend(cfg, flash_attention, device) == "math"
+    attn = (2 * a + 8) * b * g["nh"] * s * s if scores else T * g["q"] * (3 * a + 4)
+    dequant = max(x.in_features * x.out_features for x in layer_linears(cfg.shape)) * d["p"] if d["quant"] else 0.0
+    return max(mlp, attn) + 2 * T * g["h"] * d["stream"] + dequant
 
 
 # ---------------------------------------------------------------------------------- estimate
@@ -476,6 +520,7 @@ class MemoryEstimate:
     paged_bytes: float = 0.0
     phase: str = ""
     device: str = "cuda"
+    flash_attention: bool = True
 
     @property
     def peak_bytes(self) -> float:
@@ -510,12 +555,13 @@ class MemoryEstimate:
 
 
 def estimate_training_memory(config: TrainConfig | str | None = None, *, device: str = "cuda",
-                             **fields) -> MemoryEstimate:
+                             flash_attention: bool = True, **fields) -> MemoryEstimate:
     """Estimate the peak memory PyTorch allocates during training steps of a configuration.
 
     ``estimate_training_memory("meta-llama/Llama-3.2-3B", method="qlora_recipe", seq_len=512)``
     or ``estimate_training_memory(TrainConfig(...))``. ``device="cpu"`` leaves out the CUDA
-    workspaces (for comparisons with CPU measurements).
+    workspaces (for comparisons with CPU measurements); ``flash_attention=False`` for GPUs
+    without flash attention (a T4: compute capability below 8.0).
     """
     if isinstance(config, str):
         config = TrainConfig(shape=config, **fields)
@@ -566,7 +612,7 @@ def estimate_training_memory(config: TrainConfig | str | None = None, *, device:
     parts["optimizer states"] = opt["allocated"]
 
     # Activations kept for the backward pass.
-    per_layer = layer_activation_breakdown(cfg)
+    per_layer = layer_activation_breakdown(cfg, flash_attention, device)
     a_layer = sum(per_layer.values())
     stream = 4.0 if cfg.upcast else p
     final_norm = 4 * T * h + 4 * T + (T * h * p if full else 0)
@@ -578,20 +624,22 @@ def estimate_training_memory(config: TrainConfig | str | None = None, *, device:
 
     # The LM head and the loss.
     if cfg.loss == "full_logits":
-        # the fp32 log-softmax; with an fp32 LM head, autocast's bf16 copy of its weight too
-        head_saved = 4 * T * V + (V * h * p if head_weight_bytes != p else 0.0)
-        head_fwd = 6 * T * V                        # bf16 logits + fp32 copy, while log_softmax runs
-        # backward: the gradients of log-softmax and of the fp32 logits (8TV); later the bf16
+        logits = p if cfg.amp else head_weight_bytes
+        # the fp32 log-softmax; with an fp32 LM head under autocast, the bf16 copy of its weight
+        head_saved = 4 * T * V + (V * h * p if cfg.amp and head_weight_bytes != p else 0.0)
+        head_fwd = T * V * logits + (4 * T * V if logits != 4 else 0.0)  # logits (+ fp32 copy)
+        # backward: the gradients of log-softmax and of the fp32 logits (8TV); later the 16-bit
         # logits gradient (2TV) with the LM head's weight gradient, when it trains
         head_bwd = max(8 * T * V, (V * h * p - 2 * T * V) if full else 0.0)
     else:
-        tile = min(N, LM_HEAD_TOKEN_CHUNK) * LM_HEAD_VOCAB_CHUNK * p
-        w_cast = LM_HEAD_VOCAB_CHUNK * h * p if head_weight_bytes != p else 0.0
+        compute = p if cfg.amp else stream          # TRL's head computes in the autocast dtype
+        tile = min(N, LM_HEAD_TOKEN_CHUNK) * LM_HEAD_VOCAB_CHUNK * compute
+        w_cast = LM_HEAD_VOCAB_CHUNK * h * compute if head_weight_bytes != compute else 0.0
         head_saved = N * h * stream + 3 * N * 4
         head_fwd = tile + w_cast
         head_bwd = tile + w_cast + N * h * (4 + stream) + (V * h * (4 + p) if full else 0.0)
 
-    layer_bwd = _layer_backward_transient(cfg)
+    layer_bwd = _layer_backward_transient(cfg, flash_attention, device)
     recompute = a_layer if cfg.grad_ckpt else 0.0
     grad_name = "LoRA gradients" if cfg.lora else "gradients"
     phases = {
@@ -615,8 +663,9 @@ def estimate_training_memory(config: TrainConfig | str | None = None, *, device:
     for name in ("activations", "logits and loss", "transient buffers", grad_name):
         parts[name] = phases[phase].get(name, 0.0)
     if device == "cuda":
-        parts["CUDA workspaces"] = CUDA_WORKSPACE_BYTES
-    return MemoryEstimate(config=cfg, parts=parts, paged_bytes=opt["paged"], phase=phase, device=device)
+        parts["CUDA workspaces (assumed)"] = CUDA_WORKSPACE_BYTES
+    return MemoryEstimate(config=cfg, parts=parts, paged_bytes=opt["paged"], phase=phase, device=device,
+                          flash_attention=flash_attention)
 
 
 def estimate_mib(config: TrainConfig, device: str = "cuda") -> float:

@@ -146,7 +146,7 @@ def _parse_value(name, value):
         return int(float(value))
     if name == "lora_dropout":
         return float(value)
-    if name in ("grad_ckpt", "double_quant", "upcast", "liger"):
+    if name in ("grad_ckpt", "double_quant", "upcast", "liger", "amp"):
         return str(value).strip().lower() in ("true", "1", "yes")
     return value
 
@@ -357,6 +357,10 @@ def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = 
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda needs a CUDA GPU; use --device cpu to test the plumbing.")
         row["gpu"] = torch.cuda.get_device_name(0)
+        # without flash attention (before Ampere) SDPA picks other kernels: estimate for this GPU
+        flash = torch.cuda.get_device_capability(0) >= (8, 0)
+        est = estimate_training_memory(cfg, flash_attention=flash)
+        row.update(estimate_mib=round(est.peak_mib, 1), estimate_phase=est.phase)
     torch.manual_seed(0)
     if snapshot and device == "cuda":
         # from the start, so that the weights' blocks carry the stack that allocated them
@@ -397,7 +401,8 @@ def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = 
                   optim=_trainer_optim(cfg.optim, device), gradient_checkpointing=bool(cfg.grad_ckpt),
                   gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=10_000,
                   save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-                  bf16=cfg.compute_dtype == "bf16", fp16=cfg.compute_dtype == "fp16", seed=0,
+                  bf16=bool(cfg.amp) and cfg.compute_dtype == "bf16",
+                  fp16=bool(cfg.amp) and cfg.compute_dtype == "fp16", seed=0,
                   use_cpu=device == "cpu")
     lora_config = None
     if cfg.lora:

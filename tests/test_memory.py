@@ -152,32 +152,55 @@ def _build_for_hooks(cfg, layers, tmp_path):
     if cfg.lora:
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, target_modules="all-linear"),
                                autocast_adapter_dtype=cfg.lora_dtype == "fp32")
+        want = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.lora_dtype]
         for p in model.parameters():
-            if p.requires_grad and cfg.lora_dtype == "bf16":
-                p.data = p.data.to(torch.bfloat16)
+            if p.requires_grad:
+                p.data = p.data.to(want)
     return model
 
 
 @pytest.mark.parametrize("fields", [
     dict(method="full16"), dict(method="full16", attn="eager"), dict(method="lora16"),
-    dict(method="lora16", lora_dtype="bf16"), dict(method="qlora_trl"), dict(method="qlora_trl", attn="eager"),
-    dict(method="qlora_hf"),
+    dict(method="lora16", lora_dtype="bf16"), dict(method="lora16", amp=False), dict(method="qlora_trl"),
+    dict(method="qlora_trl", attn="eager"), dict(method="qlora_hf"), dict(method="qlora_hf", attn="eager"),
+    dict(method="qlora_hf", upcast=False), dict(method="qlora_hf", upcast=False, lora_dtype="bf16"),
+    dict(method="qlora_hf", amp=True),
 ], ids=lambda f: "-".join(str(v) for v in f.values()))
 def test_layer_activations_match_what_autograd_saves(fields, tmp_path):
     """One decoder layer's activations, estimated tensor by tensor, against the bytes autograd
-    really keeps (saved-tensor hooks, bf16 autocast as in the Trainer): the difference between a
-    two-layer and a one-layer model is one layer."""
-    cfg = M.TrainConfig(shape=SMOL, seq_len=64, grad_ckpt=False, **fields)
+    really keeps (saved-tensor hooks; bf16 autocast when the configuration trains in mixed
+    precision, as the Trainer does): the difference between a two-layer and a one-layer model is
+    one layer. SDPA runs the kernel a GPU would pick (the CPU's flash kernel also takes fp32, a
+    GPU's does not)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = M.TrainConfig(shape=SMOL, seq_len=64, grad_ckpt=False, **fields).resolved()
     ids = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(0))
+    backend = SDPBackend.MATH if cfg.attn == "sdpa" and M.sdpa_backend(cfg) == "math" else SDPBackend.FLASH_ATTENTION
     saved = {}
     for layers in (1, 2):
         torch.manual_seed(0)
         model = _build_for_hooks(cfg, layers, tmp_path)
-        saved[layers] = M.saved_tensor_bytes(model, {"input_ids": ids}, autocast_dtype=torch.bfloat16)
+        with sdpa_kernel([backend, SDPBackend.MATH]):
+            saved[layers] = M.saved_tensor_bytes(model, {"input_ids": ids},
+                                                 autocast_dtype=torch.bfloat16 if cfg.amp else None)
     measured = saved[2] - saved[1]
     estimated = sum(M.layer_activation_breakdown(cfg).values())
-    # exact for every path but the upcast one, where the CPU's SDPA adds one copy of its output
-    assert estimated == pytest.approx(measured, rel=0.05 if fields["method"] == "qlora_hf" else 0.002)
+    # exact but for the upcast model under autocast, where the CPU's SDPA adds a copy of its output
+    upcast_amp = cfg.upcast and cfg.amp
+    assert estimated == pytest.approx(measured, rel=0.05 if upcast_amp else 0.002)
+
+
+def test_estimator_reproduces_the_h100_figures_quoted_in_the_issue():
+    """Issue 5 quotes peaks seen on an H100 at Llama-3.2-3B, 512 tokens, batch 1, each in a fresh
+    process (not measured by this project): HF defaults 7807 MiB, no fp32 upcast 5993, plus paged
+    8-bit AdamW 5141, plus LoRA weights in bf16 4003. Our walk's matching steps (without mixed
+    precision or checkpointing, as those figures were taken) must agree within 3%. (The quoted
+    Liger fused cross-entropy step is replaced by TRL's chunked loss here, so it is not compared.)"""
+    walk = [M.estimate_training_memory(cfg).peak_mib for _, cfg in M.recipe_walk_configs()]
+    quoted = {0: 7807, 1: 5993, 3: 5141, 4: 4003}
+    for step, mib in quoted.items():
+        assert walk[step] == pytest.approx(mib, rel=0.03), (step, walk[step], mib)
 
 
 # ------------------------------------------------------------------------ the full estimate
