@@ -443,7 +443,12 @@ def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = 
             if p.requires_grad and p.dtype != want:
                 p.data = p.data.to(want)
     if device == "cuda":
+        import gc
+
+        # what loading left in the allocator's cache would otherwise count as reserved
+        gc.collect()
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         trainer.train()
         row["peak_alloc_mib"] = round(torch.cuda.max_memory_allocated() / MIB, 1)
