@@ -229,7 +229,7 @@ def weights_bytes(model_id: str, dtype: str = "bf16", *, double_quant: bool = Fa
 
 
 # ---------------------------------------------------------------------------- optimizer states
-def optimizer_bytes(model_id: str | None, optim: str, *, n_params: int | None = None,
+def optimizer_bytes(optim: str, *, n_params: int | None = None,
                     param_bytes: float = 4.0, tensor_sizes: list[int] | None = None) -> dict:
     """Optimizer state bytes: ``{"allocated": ..., "paged": ...}``.
 
@@ -608,7 +608,7 @@ def estimate_training_memory(config: TrainConfig | str | None = None, *, device:
             sizes.append(pc.lm_head)
         sizes.append(pc.other + pc.extra)
     grads = n_train * train_bytes
-    opt = optimizer_bytes(None, cfg.optim, param_bytes=train_bytes, tensor_sizes=sizes)
+    opt = optimizer_bytes(cfg.optim, param_bytes=train_bytes, tensor_sizes=sizes)
     parts["optimizer states"] = opt["allocated"]
 
     # Activations kept for the backward pass.

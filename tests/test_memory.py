@@ -108,16 +108,16 @@ def test_four_bit_footprint_on_cpu(tmp_path):
 
 # -------------------------------------------------------------------------------- optimizers
 def test_optimizer_bytes_by_hand():
-    assert M.optimizer_bytes(None, "adamw", n_params=1000, param_bytes=2)["allocated"] == 4000
-    assert M.optimizer_bytes(None, "adamw", n_params=1000, param_bytes=4)["allocated"] == 8000
+    assert M.optimizer_bytes("adamw", n_params=1000, param_bytes=2)["allocated"] == 4000
+    assert M.optimizer_bytes("adamw", n_params=1000, param_bytes=4)["allocated"] == 8000
     # 8-bit: 2 bytes per value + one fp32 absmax per 256 values (x2 states); small tensors stay fp32
-    assert M.optimizer_bytes(None, "adamw_8bit", tensor_sizes=[4096])["allocated"] == 2 * (4096 + 4 * 16)
-    assert M.optimizer_bytes(None, "adamw_8bit", tensor_sizes=[100])["allocated"] == 800
-    paged = M.optimizer_bytes(None, "paged_adamw_8bit", tensor_sizes=[4096])
+    assert M.optimizer_bytes("adamw_8bit", tensor_sizes=[4096])["allocated"] == 2 * (4096 + 4 * 16)
+    assert M.optimizer_bytes("adamw_8bit", tensor_sizes=[100])["allocated"] == 800
+    paged = M.optimizer_bytes("paged_adamw_8bit", tensor_sizes=[4096])
     assert paged == {"allocated": 0.0, "paged": 2 * (4096 + 4 * 16)}
-    assert M.optimizer_bytes(None, "sgd", n_params=10)["allocated"] == 0
+    assert M.optimizer_bytes("sgd", n_params=10)["allocated"] == 0
     with pytest.raises(ValueError, match="optim must be one of"):
-        M.optimizer_bytes(None, "adam", n_params=1)
+        M.optimizer_bytes("adam", n_params=1)
 
 
 # ------------------------------------------------------------------------------- activations
