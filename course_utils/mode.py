@@ -112,6 +112,9 @@ def setup(seed: int = 42, *, quiet: bool = False) -> Env:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars, read before TQDM_DISABLE is
+        import datasets
+
+        datasets.disable_progress_bars()
     seed_everything(seed)
     device = pick_device()
     dtype = pick_dtype(device)
