@@ -362,18 +362,20 @@ def side_by_side(results_by_stage: dict, *, width: int = 70):
 
 
 def plot_losses(log_history, *, ax=None, label: str = "train loss", key: str = "loss"):
-    """Plot ``key`` against the step from a trainer's ``state.log_history``; returns the axes."""
+    """Plot ``key`` against the step from a trainer's ``state.log_history``; returns the axes.
+
+    ``trainer.train()`` starts a fresh log, so an evaluation run before training is not in it."""
     import matplotlib.pyplot as plt
 
     points = [(h["step"], h[key]) for h in log_history if key in h]
     if not points:
         raise ValueError(f"No {key!r} in the log history: set logging_steps in the config.")
-    if ax is None:
+    if ax is None:  # a new figure; when drawing onto ``ax`` its labels are kept
         _, ax = plt.subplots(figsize=(6, 3.5))
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
     steps, values = zip(*points)
     ax.plot(steps, values, marker="o", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.grid(alpha=0.3)
     ax.legend()
     return ax
