@@ -1,19 +1,9 @@
-"""Test-wide settings: every kernel nbval or nbclient starts inherits this environment, so every
-notebook runs in reduced mode, offline, without progress bars."""
-import os
-import tempfile
+"""Shared fixtures. The reduced-mode environment every kernel inherits is set by
+tests/smoke_env.py, loaded as a plugin (pyproject.toml: `-p tests.smoke_env`) so that it applies
+to `pytest solutions/...` as well as to the whole suite."""
+from pathlib import Path
 
-os.environ["COURSE_SMOKE"] = "1"
-os.environ["TQDM_DISABLE"] = "1"
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["MPLBACKEND"] = "Agg"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ.setdefault("COURSE_OUTPUTS", tempfile.mkdtemp(prefix="course-outputs-"))
-
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
+import pytest
 
 # Notebooks under tests/ are fixtures (the grader's hostile submissions), never run by nbval.
 collect_ignore_glob = ["submissions/*", "**/*.ipynb"]
