@@ -124,13 +124,9 @@ def prepare_like_trl(model, tokenizer, dataset, **config):
 
     from trl import SFTConfig, SFTTrainer
 
-    from .mode import training_precision
+    from .mode import trainer_settings
 
-    config.setdefault("report_to", "none")
-    config.setdefault("max_length", None)
-    config.setdefault("gradient_checkpointing", False)
-    for key, value in training_precision().items():
-        config.setdefault(key, value)
+    config = {**trainer_settings(), "gradient_checkpointing": False, "max_length": None, **config}
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, **config)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)

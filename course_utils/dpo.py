@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .mode import has_cuda, is_reduced, training_precision
+from .mode import trainer_settings
 
 REJECTED_CHOICES = ("sentence", "translation_extra", "mixed")
 PLAIN_TEMPLATE = "Rewrite in Yoda-speak: {sentence}\nYoda:"
@@ -74,8 +74,9 @@ def load_sft_model(model_id: str, adapter_dir, *, train_rows=None, max_steps: in
     When ``adapter_dir`` holds no adapter (notebook 03 not run here), a short SFT LoRA is trained
     on ``train_rows`` with notebook 03's recipe (``course_utils.yoda``) for ``max_steps`` steps
     (``-1``: the recipe's epochs), then merged; ``sft_overrides`` go to ``yoda_sft_config`` (e.g. a
-    smaller batch in reduced mode; ``None`` values keep the recipe's). ``source`` says which happened. The model is float32 unless
-    ``dtype`` says otherwise (mixed-precision training still runs in fp16/bf16 on a GPU).
+    smaller batch in reduced mode; ``None`` values keep the recipe's). ``source`` says which
+    happened. The model is float32 unless ``dtype`` says otherwise (mixed-precision training
+    still runs in fp16/bf16 on a GPU).
     """
     import torch
 
@@ -134,7 +135,6 @@ def dpo_config(output_dir, **overrides):
     """
     from trl import DPOConfig
 
-    on_gpu = has_cuda() and not is_reduced()
     kwargs = dict(
         output_dir=str(output_dir),
         beta=0.1,
@@ -144,16 +144,10 @@ def dpo_config(output_dir, **overrides):
         per_device_eval_batch_size=8,
         num_train_epochs=1,
         max_length=128,
-        gradient_checkpointing=on_gpu,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
         seed=42,
-        **training_precision(),
+        **trainer_settings(),
     )
-    if not on_gpu:
-        kwargs["use_cpu"] = True
     kwargs.update(overrides)
     return DPOConfig(**kwargs)
 

@@ -67,6 +67,16 @@ def training_precision(device: str | None = None) -> dict:
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
+def trainer_settings() -> dict:
+    """The ``SFTConfig``/``DPOConfig`` fields that follow the machine rather than the lesson:
+    the precision (``training_precision``), gradient checkpointing on a GPU only (it saves T4
+    memory and only costs time on a CPU), the CPU when there is no GPU or in reduced mode, and no
+    checkpoints, progress bars or experiment trackers."""
+    on_gpu = pick_device() == "cuda"
+    return {"gradient_checkpointing": on_gpu, "use_cpu": not on_gpu, "save_strategy": "no",
+            "report_to": "none", "disable_tqdm": True, **training_precision()}
+
+
 def seed_everything(seed: int = 42) -> None:
     import numpy as np
     import torch

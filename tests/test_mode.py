@@ -31,6 +31,18 @@ def test_dtype_per_device(monkeypatch):
     assert mode.training_precision("cpu") == {"bf16": False, "fp16": False}
 
 
+def test_trainer_settings_follow_the_machine(monkeypatch):
+    monkeypatch.setattr(mode, "has_cuda", lambda: True)
+    monkeypatch.setattr(mode, "gpu_has_native_bf16", lambda capability=None: False)  # a T4
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    t4 = cu.trainer_settings()
+    assert t4["fp16"] and not t4["bf16"] and t4["gradient_checkpointing"] and not t4["use_cpu"]
+    monkeypatch.setenv("COURSE_SMOKE", "1")  # reduced mode trains on the CPU even beside a GPU
+    cpu = cu.trainer_settings()
+    assert not (cpu["fp16"] or cpu["bf16"] or cpu["gradient_checkpointing"]) and cpu["use_cpu"]
+    assert cpu["report_to"] == "none" and cpu["save_strategy"] == "no"
+
+
 def test_reduced_mode_stays_on_cpu(monkeypatch):
     monkeypatch.setenv("COURSE_SMOKE", "1")
     monkeypatch.setattr(mode, "has_cuda", lambda: True)
