@@ -15,6 +15,8 @@ import json
 import re
 from pathlib import Path
 
+from . import hub
+
 DATA_DIR = Path(__file__).parent / "data"
 CONVERSATIONS_FILE = DATA_DIR / "instruct_conversations.jsonl"
 PREFERENCES_FILE = DATA_DIR / "instruct_preferences.jsonl"
@@ -125,32 +127,33 @@ def _clean_messages(messages) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def load_conversations(n: int | None = None, *, source: str = "local", dataset_id: str = HUB_CONVERSATIONS[0],
-                       config: str | None = HUB_CONVERSATIONS[1], split: str = "train"):
+def load_conversations(n: int | None = None, *, source: str = "auto", dataset_id: str = HUB_CONVERSATIONS[0],
+                       config: str | None = HUB_CONVERSATIONS[1], split: str = "train", quiet: bool = False):
     """Instruction conversations as a ``datasets.Dataset`` with columns ``messages`` and ``source``.
 
     ``source="hub"`` loads ``dataset_id`` (a smoltalk-style set with a ``messages`` column);
-    ``source="local"`` the conversations written for this project. ``n`` keeps the first n rows.
+    ``source="local"`` the conversations written for this project; ``"auto"`` the hub in full
+    mode when it answers, else the local ones. ``n`` keeps the first n rows.
     """
     from datasets import Dataset, load_dataset
 
-    if source == "local":
+    def local():
         rows = _read_jsonl(CONVERSATIONS_FILE)
         for row in rows:
             validate_conversation(row["messages"])
-        data = Dataset.from_list([{"messages": _clean_messages(r["messages"]), "source": r["source"]}
-                                  for r in rows])
-    elif source == "hub":
+        return Dataset.from_list([{"messages": _clean_messages(r["messages"]), "source": r["source"]} for r in rows])
+
+    def from_hub():
         data = load_dataset(dataset_id, config, split=split)
         if "messages" not in data.column_names:
             raise ValueError(f"{dataset_id} has no 'messages' column (columns: {data.column_names}); "
                              "pick a conversational data set such as HuggingFaceTB/smoltalk.")
         tag = f"{dataset_id}:{config}" if config else dataset_id
-        data = data.map(lambda row: {"messages": _clean_messages(row["messages"]),
+        return data.map(lambda row: {"messages": _clean_messages(row["messages"]),
                                      "source": row.get("source") or tag},
                         remove_columns=data.column_names)
-    else:
-        raise ValueError(f"source must be 'local' or 'hub', got {source!r}.")
+
+    data = hub.hub_or_local(source, dataset_id, from_hub, local, quiet=quiet)
     if n is not None:
         data = data.select(range(min(n, len(data))))
     return data
@@ -160,10 +163,10 @@ def _as_turns(value, role: str) -> list[dict]:
     return [{"role": role, "content": value}] if isinstance(value, str) else _clean_messages(value)
 
 
-def load_preferences(n: int | None = None, *, source: str = "local", dataset_id: str = HUB_PREFERENCES[0],
-                     split: str = HUB_PREFERENCES[1], max_chars: int | None = None):
+def load_preferences(n: int | None = None, *, source: str = "auto", dataset_id: str = HUB_PREFERENCES[0],
+                     split: str = HUB_PREFERENCES[1], max_chars: int | None = None, quiet: bool = False):
     """Preference pairs as a ``datasets.Dataset`` with conversational columns ``prompt``, ``chosen``,
-    ``rejected`` (what ``trl.DPOTrainer`` takes).
+    ``rejected`` (what ``trl.DPOTrainer`` takes). ``source`` as in ``load_conversations``.
 
     Hub sets that store whole conversations in ``chosen``/``rejected`` (ultrafeedback_binarized)
     are split into the shared prompt and the two final answers. ``max_chars`` drops pairs whose
@@ -171,16 +174,15 @@ def load_preferences(n: int | None = None, *, source: str = "local", dataset_id:
     """
     from datasets import Dataset, load_dataset
 
-    if source == "local":
-        rows = _read_jsonl(PREFERENCES_FILE)
-    elif source == "hub":
+    def from_hub():
         rows = load_dataset(dataset_id, split=split)
         if not {"chosen", "rejected"} <= set(rows.column_names):
             raise ValueError(f"{dataset_id} needs 'chosen' and 'rejected' columns (it has {rows.column_names}).")
         if n is not None and max_chars is None:
             rows = rows.select(range(min(n, len(rows))))
-    else:
-        raise ValueError(f"source must be 'local' or 'hub', got {source!r}.")
+        return rows
+
+    rows = hub.hub_or_local(source, dataset_id, from_hub, lambda: _read_jsonl(PREFERENCES_FILE), quiet=quiet)
     out = []
     for row in rows:
         chosen, rejected = row["chosen"], row["rejected"]
@@ -262,15 +264,6 @@ def follows_format(text: str, fmt: str | None) -> bool:
     raise ValueError(f"Unknown format {fmt!r}: use one_word, bullets:N, json, uppercase, max_words:N or None.")
 
 
-def stop_token_ids(model, tokenizer) -> set[int]:
-    """Every token id that ends generation for this model (its generation config and tokenizer)."""
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
 def generate_answers(model, tokenizer, prompts, *, render="chat", max_new_tokens: int = 48,
                      batch_size: int = 8) -> list[dict]:
     """Greedy answers to ``prompts``: a list of ``{"prompt", "input", "text", "stopped"}``.
@@ -279,7 +272,7 @@ def generate_answers(model, tokenizer, prompts, *, render="chat", max_new_tokens
     (the prompt text as is: a base model just continues it) or a function ``prompt -> text``.
     ``stopped`` is True when the model ended its answer with a stop token within the budget.
     """
-    import torch
+    from .models import generate_batch
 
     if render == "chat":
         if tokenizer.chat_template is None:
@@ -293,29 +286,8 @@ def generate_answers(model, tokenizer, prompts, *, render="chat", max_new_tokens
         inputs = [render(p) for p in prompts]
     else:
         raise ValueError(f"render must be 'chat', 'raw' or a function, got {render!r}.")
-    stops = stop_token_ids(model, tokenizer)
-    device = next(model.parameters()).device
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    was_training = model.training
-    model.eval()
-    results = []
-    try:
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            for prompt, text_in, ids in zip(prompts[start:], chunk, out[:, enc["input_ids"].shape[1]:].tolist()):
-                cut = next((i for i, t in enumerate(ids) if t in stops), None)
-                answer_ids = ids if cut is None else ids[:cut]
-                results.append({"prompt": prompt, "input": text_in,
-                                "text": tokenizer.decode(answer_ids, skip_special_tokens=True),
-                                "stopped": cut is not None})
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return results
+    answers = generate_batch(model, tokenizer, inputs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [{"prompt": prompt, "input": text_in, **answer} for prompt, text_in, answer in zip(prompts, inputs, answers)]
 
 
 def score_table(results_by_stage: dict, specs, check_fn):

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from . import hub
 from .mode import is_reduced
 
 FALLBACK_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -108,27 +109,42 @@ def fallback_model_dir() -> Path:
     return target
 
 
-def _hub_reachable_or_cached(model_id: str) -> bool:
-    """Try to resolve ``model_id``'s config from the hub (or its local cache) quickly."""
-    if Path(model_id).exists():
-        return True
-    try:
-        from huggingface_hub import hf_hub_download
+def _hub_source(model_id: str) -> str | None:
+    """Where ``model_id`` loads from without the fallback: the hub (``model_id``), its snapshot in
+    the local hub cache when the hub is unreachable, or None."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-        hf_hub_download(model_id, "config.json", etag_timeout=5)
-        return True
-    except Exception:
-        return False
+    if hub.reachable():
+        try:
+            hf_hub_download(model_id, "config.json", etag_timeout=5)
+            return model_id
+        except GatedRepoError as err:
+            raise ModelUnavailable(f"{model_id} is gated: accept its licence on huggingface.co, then log in "
+                                   "(huggingface-cli login, or a Colab secret HF_TOKEN).") from err
+        except RepositoryNotFoundError as err:
+            raise ModelUnavailable(f"{model_id} is not on the hub: check the spelling "
+                                   "(organisation/name, e.g. HuggingFaceTB/SmolLM2-135M).") from err
+        except Exception:  # noqa: BLE001 - a timeout or a server error: try the cache, then fall back
+            pass
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached
+        return None
 
 
 def resolve_model_id(model_id: str = FALLBACK_ID, *, quiet: bool = False) -> str:
     """The path or id to load: ``model_id`` itself, or the offline fallback folder.
 
-    The fallback is used in reduced mode and whenever the hub cannot be reached; a one-line
-    message says which model is used instead.
+    The fallback is used in reduced mode, and in full mode when the hub cannot be reached and the
+    model is not in the local hub cache; a one-line message says which model is used instead. An
+    id the hub does not know, or a gated model, raises ``ModelUnavailable`` saying what to do.
     """
-    if Path(model_id).exists() or (not is_reduced() and _hub_reachable_or_cached(model_id)):
+    if Path(model_id).exists():
         return model_id
+    source = None if is_reduced() else _hub_source(model_id)
+    if source is not None:
+        return source
     why = "reduced mode" if is_reduced() else "the model hub is unreachable"
     path = fallback_model_dir()
     if not quiet:
@@ -217,3 +233,48 @@ def generate(model, tokenizer, prompt, *, max_new_tokens: int = 40, skip_special
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, **kwargs)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=skip_special_tokens)
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends generation for this model: its generation config's and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def generate_batch(model, tokenizer, texts, *, max_new_tokens: int = 48, batch_size: int = 16) -> list[dict]:
+    """Greedy continuations of already rendered ``texts``, ``batch_size`` at a time.
+
+    Returns one ``{"text": the new text up to the first stop token (special tokens dropped),
+    "stopped": whether a stop token came within max_new_tokens}`` per text. Rows are padded on the
+    left (generation continues at the right end of every row); the tokenizer's padding side and
+    the model's train/eval state are restored afterwards.
+    """
+    import torch
+
+    if isinstance(texts, str):
+        raise ValueError("Pass a list of texts, e.g. [text], not a single string.")
+    texts = list(texts)
+    stops = stop_token_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=sorted(stops), pad_token_id=tokenizer.pad_token_id)
+            for ids in out[:, enc["input_ids"].shape[1]:].tolist():
+                cut = next((i for i, t in enumerate(ids) if t in stops), None)
+                results.append({"text": tokenizer.decode(ids if cut is None else ids[:cut], skip_special_tokens=True),
+                                "stopped": cut is not None})
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return results

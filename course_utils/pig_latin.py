@@ -285,35 +285,13 @@ def generate_pig_latin(model, tokenizer, sentences, *, max_new_tokens: int = 48,
     Each answer is ``{"raw": all generated text, "translation": its first line, stripped,
     "stopped": whether the model produced its end-of-sequence token}``.
     """
-    import torch
+    from .models import generate_batch
 
     if isinstance(sentences, str):
         raise ValueError("Pass a list of sentences, e.g. [sentence], not a single string.")
-    sentences = list(sentences)
-    was_training, old_side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"  # generation continues at the right end of every row
-    eos = tokenizer.eos_token_id
-    out = []
-    try:
-        device = next(model.parameters()).device
-        for i in range(0, len(sentences), batch_size):
-            prompts = [PROMPT_TEMPLATE.format(english=s) for s in sentences[i:i + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-            for row in gen[:, enc["input_ids"].shape[1]:]:
-                stopped = bool((row == eos).any())
-                if stopped:
-                    row = row[:int((row == eos).nonzero()[0])]
-                raw = tokenizer.decode(row, skip_special_tokens=True)
-                out.append({"raw": raw, "translation": raw.strip().split("\n")[0].strip(), "stopped": stopped})
-    finally:
-        tokenizer.padding_side = old_side
-        if was_training:
-            model.train()
-    return out
+    prompts = [PROMPT_TEMPLATE.format(english=s) for s in sentences]
+    return [{"raw": r["text"], "translation": r["text"].strip().split("\n")[0].strip(), "stopped": r["stopped"]}
+            for r in generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)]
 
 
 def eos_probability(model, tokenizer, rows) -> float:

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
-from .mode import has_cuda, is_reduced, training_precision
+from .mode import is_reduced, trainer_settings
+from . import hub
+from .models import generate_batch
 
 YODA_HUB_ID = "dvgodoy/yoda_sentences"
 YODA_COLUMNS = ("sentence", "translation", "translation_extra")
@@ -31,17 +31,6 @@ YODA_SYSTEM_PROMPT = "You are Yoda. Rewrite the user's sentence the way Yoda spe
 
 
 # --------------------------------------------------------------------------------------- data
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """A quick TCP check, so an offline machine does not wait through the hub client's retries."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def load_local_yoda():
     """The English -> Yoda-speak pairs written for this project, as a ``datasets.Dataset``."""
     from datasets import Dataset
@@ -79,23 +68,7 @@ def load_yoda(split: str | None = None, *, source: str = "auto",
     """
     if split not in (None, *SPLITS):
         raise ValueError(f"split must be None, 'train' or 'test', not {split!r}.")
-    if source not in ("auto", "hub", "local"):
-        raise ValueError(f"source must be 'auto', 'hub' or 'local', not {source!r}.")
-    ds = None
-    if source == "hub" or (source == "auto" and not is_reduced() and _hub_reachable()):
-        try:
-            ds = load_hub_yoda()
-        except Exception as err:  # noqa: BLE001 - any hub failure falls back to the local pairs
-            if source == "hub":
-                raise
-            if not quiet:
-                print(f"Could not load {YODA_HUB_ID} ({type(err).__name__}); using the local pairs.")
-    if ds is None:
-        ds = load_local_yoda()
-        if not quiet and source == "auto":
-            why = "reduced mode" if is_reduced() else "the dataset hub is unreachable"
-            print(f"Using the {len(ds)} Yoda pairs shipped with course_utils instead of "
-                  f"{YODA_HUB_ID} ({why}).")
+    ds = hub.hub_or_local(source, YODA_HUB_ID, load_hub_yoda, load_local_yoda, quiet=quiet)
     if split is None:
         return ds
     return split_yoda(ds, test_size=test_size, seed=seed)[split]
@@ -148,7 +121,6 @@ def yoda_sft_config(output_dir, **overrides):
     """
     from trl import SFTConfig
 
-    on_gpu = has_cuda() and not is_reduced()
     kwargs = dict(
         output_dir=str(output_dir),
         learning_rate=2e-4,
@@ -159,16 +131,10 @@ def yoda_sft_config(output_dir, **overrides):
         num_train_epochs=3,
         max_length=128,
         completion_only_loss=True,
-        gradient_checkpointing=on_gpu,
         logging_steps=10,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
         seed=DEFAULT_SEED,
-        **training_precision(),
+        **trainer_settings(),
     )
-    if not on_gpu:
-        kwargs["use_cpu"] = True
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
 
@@ -177,34 +143,12 @@ def yoda_sft_config(output_dir, **overrides):
 def translate(model, tok, sentences, system_prompt: str | None = YODA_SYSTEM_PROMPT, *,
               max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
     """Greedy translations of ``sentences`` (only the newly generated text, stripped)."""
-    import torch
-
     if isinstance(sentences, str):
         raise ValueError("Pass a list of sentences, e.g. [sentence], not a single string.")
-    sentences = list(sentences)
-    if not sentences:
-        return []
-    prompts = [yoda_messages({"sentence": s, "translation": "-"}, system_prompt)["prompt"] for s in sentences]
-    was_training = model.training
-    model.eval()
-    old_side = tok.padding_side
-    tok.padding_side = "left"  # generation continues from the right end of every row
-    out: list[str] = []
-    try:
-        device = next(model.parameters()).device
-        for i in range(0, len(prompts), batch_size):
-            enc = tok.apply_chat_template(prompts[i:i + batch_size], add_generation_prompt=True,
-                                          padding=True, return_dict=True, return_tensors="pt").to(device)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tok.padding_side = old_side
-        if was_training:
-            model.train()
-    return out
+    prompts = [tok.apply_chat_template(yoda_messages({"sentence": s, "translation": "-"}, system_prompt)["prompt"],
+                                       tokenize=False, add_generation_prompt=True) for s in sentences]
+    return [r["text"].strip()
+            for r in generate_batch(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)]
 
 
 def chrf(predictions, references) -> float:

@@ -184,8 +184,22 @@ def test_validate_conversation_says_what_to_fix(messages, words):
 
 
 def test_bad_source_is_a_clear_error():
-    with pytest.raises(ValueError, match="'local' or 'hub'"):
+    with pytest.raises(ValueError, match="source must be 'auto', 'hub' or 'local'"):
         instruct.load_conversations(source="colab")
+
+
+def test_full_mode_without_the_hub_uses_the_local_samples(monkeypatch, capsys):
+    from course_utils import hub
+
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr(hub, "reachable", lambda *a, **k: False)
+    monkeypatch.setattr("datasets.load_dataset", lambda *a, **k: pytest.fail("the hub was called"))
+    conversations, preferences = instruct.load_conversations(5), instruct.load_preferences(5)
+    assert len(conversations) == len(preferences) == 5
+    assert conversations["messages"] == instruct.load_conversations(5, source="local")["messages"]
+    out = capsys.readouterr().out
+    assert "instead of HuggingFaceTB/smoltalk (the dataset hub is unreachable)" in out
+    assert "instead of HuggingFaceH4/ultrafeedback_binarized (the dataset hub is unreachable)" in out
 
 
 # ----------------------------------------------------------------------------- scoring pieces
@@ -292,7 +306,7 @@ class _ScriptedModel:
     def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
         import torch
 
-        self.calls.append(kwargs)
+        self.calls.append({**kwargs, "training": self.training})
         pad = kwargs["pad_token_id"]
         new = [(r + [pad] * max_new_tokens)[:max_new_tokens] for r in self.replies[:len(input_ids)]]
         return torch.cat([input_ids, torch.tensor(new)], dim=1)
@@ -302,10 +316,11 @@ def test_generate_answers_cuts_at_the_stop_token(tok):
     hello = tok.encode("Hello there", add_special_tokens=False)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     model = _ScriptedModel([hello + [eos] + hello, hello * 10], eos)
-    tok.padding_side = "right"
+    tok.padding_side, model.training = "right", True
     out = instruct.generate_answers(model, tok, ["Hi", "A longer prompt here"], max_new_tokens=6)
-    assert tok.padding_side == "right"  # restored after left-padding for generation
-    assert model.calls[0]["do_sample"] is False
+    assert tok.padding_side == "right" and model.training  # both restored after generating
+    assert model.calls[0]["do_sample"] is False and not model.calls[0]["training"]
+    assert eos in model.calls[0]["eos_token_id"]
     assert [r["prompt"] for r in out] == ["Hi", "A longer prompt here"]
     assert out[0]["text"] == "Hello there" and out[0]["stopped"] is True
     assert out[1]["stopped"] is False and out[1]["text"].startswith("Hello thereHello")

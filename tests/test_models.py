@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import course_utils as cu
-from course_utils import models, shapes
+from course_utils import hub, models, shapes
 
 
 def test_reduced_mode_uses_the_offline_model_and_says_so(capsys):
@@ -13,11 +13,63 @@ def test_reduced_mode_uses_the_offline_model_and_says_so(capsys):
     assert (models.fallback_model_dir() / "model.safetensors").exists() and path == str(models.fallback_model_dir())
 
 
-def test_unreachable_hub_falls_back_in_full_mode(monkeypatch, capsys):
+def test_unreachable_hub_falls_back_in_full_mode(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("COURSE_SMOKE", "0")
-    monkeypatch.setattr(models, "_hub_reachable_or_cached", lambda model_id: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))  # empty: nothing cached
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     assert cu.resolve_model_id(cu.FALLBACK_ID) == str(models.fallback_model_dir())
     assert "the model hub is unreachable" in capsys.readouterr().out
+
+
+def test_offline_full_mode_loads_a_cached_hub_model(monkeypatch, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    snapshot = tmp_path / "models--org--cached" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "models--org--cached" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    assert snapshot_download("org/cached", local_files_only=True, cache_dir=tmp_path) == str(snapshot)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    assert cu.resolve_model_id("org/cached", quiet=True) == str(snapshot)
+
+
+@pytest.mark.parametrize("error, message", [("RepositoryNotFoundError", "check the spelling"),
+                                            ("GatedRepoError", "is gated")])
+def test_unknown_or_gated_model_says_what_to_do(monkeypatch, error, message):
+    import httpx
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def refuse(*args, **kwargs):
+        response = httpx.Response(404, request=httpx.Request("HEAD", "https://huggingface.co/x"))
+        raise getattr(errors, error)("refused", response=response)
+
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    with pytest.raises(models.ModelUnavailable, match=message):
+        cu.resolve_model_id("org/no-such-model")
+
+
+def test_hub_check_is_quick_and_obeys_offline_switches(monkeypatch):
+    import socket
+
+    calls = []
+
+    def no_network(address, timeout):
+        calls.append((address, timeout))
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    assert hub.reachable() is False and calls == [(("hub.example.org", 443), 3.0)]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.reachable() is False and len(calls) == 1  # no network call at all
 
 
 def test_missing_package_gives_the_install_command(monkeypatch):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from course_utils import yoda
+from course_utils import hub, yoda
 
 
 def _words(text):
@@ -37,9 +37,24 @@ def test_reduced_mode_loads_local_pairs(monkeypatch, local):
 
 def test_offline_full_mode_falls_back_quickly(monkeypatch, local, capsys):
     monkeypatch.setenv("COURSE_SMOKE", "0")
-    monkeypatch.setattr(yoda, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "reachable", lambda *a, **k: False)
     assert len(yoda.load_yoda()) == len(local)
-    assert "unreachable" in capsys.readouterr().out
+    assert f"instead of {yoda.YODA_HUB_ID} (the dataset hub is unreachable)" in capsys.readouterr().out
+
+
+def test_a_failing_hub_load_falls_back_only_in_auto(monkeypatch, local, capsys):
+    def broken():
+        raise ConnectionError("reset by peer")
+
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr(hub, "reachable", lambda *a, **k: True)
+    monkeypatch.setattr(yoda, "load_hub_yoda", broken)
+    assert len(yoda.load_yoda()) == len(local)
+    assert "(loading it failed: ConnectionError)" in capsys.readouterr().out
+    with pytest.raises(ConnectionError):
+        yoda.load_yoda(source="hub")
+    with pytest.raises(ValueError, match="source must be"):
+        yoda.load_yoda(source="web")
 
 
 def test_split_is_deterministic_and_disjoint(local):
