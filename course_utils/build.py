@@ -61,18 +61,18 @@ def _scan(source: str, where: str) -> list[tuple[str, int, int, str]]:
     return regions
 
 
-def _rewrite(source: str, cell_type: str, where: str, *, keep_hidden: bool = False) -> str:
+def _rewrite(source: str, cell_type: str, where: str, *, keep_solutions: bool = False) -> str:
+    """Hidden tests removed; solutions stubbed, or kept as they are with ``keep_solutions``."""
     lines = source.splitlines()
     out, pos = [], 0
     for kind, begin, end, indent in _scan(source, where):
         out.extend(lines[pos:begin])
-        if kind == "solution":
-            if cell_type == "markdown":
-                out.append(f"{indent}YOUR ANSWER HERE")
-            else:
-                out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError()"]
-        elif keep_hidden:
+        if kind == "solution" and keep_solutions:
             out.extend(lines[begin:end + 1])
+        elif kind == "solution" and cell_type == "markdown":
+            out.append(f"{indent}YOUR ANSWER HERE")
+        elif kind == "solution":
+            out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError()"]
         pos = end + 1
     out.extend(lines[pos:])
     return "\n".join(out).rstrip()
@@ -81,6 +81,11 @@ def _rewrite(source: str, cell_type: str, where: str, *, keep_hidden: bool = Fal
 def student_source(source: str, cell_type: str = "code", where: str = "cell") -> str:
     """One cell's student version: solutions stubbed, hidden tests removed."""
     return _rewrite(source, cell_type, where)
+
+
+def without_hidden_tests(source: str, cell_type: str = "code", where: str = "cell") -> str:
+    """One cell as the instructor wrote it, hidden tests removed (the grader's reference)."""
+    return _rewrite(source, cell_type, where, keep_solutions=True)
 
 
 def hidden_tests(source: str, where: str = "cell") -> str:

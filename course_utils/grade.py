@@ -52,7 +52,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
     # its optional IRI grammar, which costs more than a second of CPU in every worker process.
     sys.modules.setdefault("rfc3987_syntax", None)
 
-from .build import HIDDEN, MarkerError, hidden_tests, validate_solution
+from .build import MarkerError, hidden_tests, validate_solution, without_hidden_tests
 from .checks import PROBE_FILE_VAR, probe_matches
 
 # What each status means; the README's instructor section lists the same.
@@ -115,19 +115,6 @@ def _course(meta) -> dict:
     return course if isinstance(course, dict) else {}
 
 
-def _strip_hidden(source: str) -> str:
-    out, inside = [], False
-    for line in source.splitlines():
-        text = line.strip()
-        if text.startswith(HIDDEN[0]):
-            inside = True
-        elif text.startswith(HIDDEN[1]):
-            inside = False
-        elif not inside:
-            out.append(line)
-    return "\n".join(out)
-
-
 def _signature(source: str) -> str | None:
     for line in source.splitlines():
         text = line.strip()
@@ -162,7 +149,8 @@ def load_assignment(path: Path) -> Assignment:
             owner = course.get("check") or course.get("exercise")
             hidden.append(HiddenBlock(str(owner or f"cell-{cell.get('id', index)}"), code,
                                       cell.get("id"), str(owner) if owner else None))
-        cells.append(_Cell(index, cell.cell_type, _strip_hidden(cell.source), cell.get("id"), course))
+        cells.append(_Cell(index, cell.cell_type, without_hidden_tests(cell.source, cell.cell_type, where),
+                           cell.get("id"), course))
     return Assignment(path.stem, path, exercises, hidden, cells)
 
 

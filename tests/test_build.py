@@ -33,6 +33,8 @@ def test_markdown_answer_and_hidden_tests():
     assert build.student_source(src) == "check()\ndone()"
     assert build.hidden_tests(src) == "probe(1)\nprobe(2)"
     assert build.hidden_tests("x = 1") == ""
+    both = "### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n" + src
+    assert build.without_hidden_tests(both) == "### BEGIN SOLUTION\nx = 1\n### END SOLUTION\ncheck()\ndone()"
 
 
 @pytest.mark.parametrize("src, match", [
