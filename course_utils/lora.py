@@ -90,7 +90,7 @@ def randomize_adapter(peft_model, adapter_name: str = "default", *, std: float =
     gen = torch.Generator().manual_seed(seed)
     found = False
     with torch.no_grad():
-        for name, module in peft_model.named_modules():
+        for module in peft_model.modules():
             lora_B = getattr(module, "lora_B", None)
             if lora_B is not None and adapter_name in lora_B:
                 w = lora_B[adapter_name].weight
