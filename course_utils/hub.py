@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from urllib.parse import urlparse
+from urllib.request import getproxies
 
 from .mode import is_reduced
 
@@ -17,9 +18,12 @@ def reachable(timeout: float = 3.0) -> bool:
     ``HF_DATASETS_OFFLINE`` is set."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = getproxies().get(endpoint.scheme)  # behind a proxy, the proxy is what must answer
+    target = urlparse(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((target.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False

@@ -67,9 +67,13 @@ def test_hub_check_is_quick_and_obeys_offline_switches(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     assert hub.reachable() is False and calls == [(("hub.example.org", 443), 3.0)]
+    monkeypatch.setenv("https_proxy", "http://proxy.campus.edu:3128")  # only the proxy is reachable
+    assert hub.reachable() is False and calls[-1] == (("proxy.campus.edu", 3128), 3.0)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert hub.reachable() is False and len(calls) == 1  # no network call at all
+    assert hub.reachable() is False and len(calls) == 2  # no network call at all
 
 
 def test_missing_package_gives_the_install_command(monkeypatch):
@@ -107,3 +111,13 @@ def test_architecture_only_models_have_the_published_shape():
     assert model.config.num_key_value_heads == 8 and model.dtype == torch.float32
     with pytest.raises(ValueError, match="Known shapes"):
         cu.load_architecture("no/such-model")
+
+
+def test_hub_check_sees_an_answering_endpoint(monkeypatch):
+    import socket
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", f"https://127.0.0.1:{server.getsockname()[1]}")
+        assert hub.reachable(timeout=1.0) is True
