@@ -135,6 +135,9 @@ def setup(seed: int = 42, *, quiet: bool = False) -> Env:
         print(f"Python {platform.python_version()}; {versions}")
         where = f"cuda ({gpu})" if gpu else "cpu"
         print(f"device: {where} | dtype: {str(dtype).replace('torch.', '')} | mode: {env.mode} | seed: {seed}")
+        if not gpu and not env.reduced:
+            print("No GPU: full mode trains slowly on a CPU. On Colab choose Runtime > Change runtime type > "
+                  "T4 GPU; elsewhere run `%env COURSE_SMOKE=1` before this cell for reduced mode.")
     return env
 
 

@@ -75,3 +75,13 @@ def test_output_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))
     assert cu.output_dir("03_yoda_sft") == tmp_path / "03_yoda_sft"
     assert (tmp_path / "03_yoda_sft").is_dir()
+
+
+def test_setup_says_when_full_mode_has_no_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(mode, "has_cuda", lambda: False)
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    env = cu.setup()
+    assert env.device == "cpu" and "No GPU: full mode trains slowly" in capsys.readouterr().out
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    cu.setup()
+    assert "No GPU" not in capsys.readouterr().out
