@@ -340,3 +340,33 @@ def test_generate_answers_needs_a_template_for_chat(tok):
         instruct.generate_answers(object(), bare, ["Hi"])
     with pytest.raises(ValueError, match="render must be"):
         instruct.generate_answers(object(), tok, ["Hi"], render="alpaca")
+
+
+# ------------------------------------------------------------------------- the T4 (fp16) path
+@pytest.mark.parametrize("trainer_name", ["SFTTrainer", "DPOTrainer"])
+def test_lora_on_an_fp16_model_trains_float32_parameters(tok, tmp_path, trainer_name):
+    """On a T4, notebook 07 loads the model in fp16 and trains with fp16=True: the gradient scaler
+    refuses fp16 parameters ("Attempting to unscale FP16 gradients"). PEFT keeps LoRA weights in
+    float32 (autocast_adapter_dtype); CI has no GPU, so this checks that precondition on the CPU."""
+    import torch
+    import trl
+    from peft import LoraConfig
+
+    import course_utils as cu
+
+    model = cu.load_architecture(cu.FALLBACK_ID, dtype=torch.float16, num_hidden_layers=1, hidden_size=64,
+                                 intermediate_size=128, num_attention_heads=2, num_key_value_heads=1)
+    common = dict(output_dir=str(tmp_path), max_steps=1, max_length=64, report_to="none", use_cpu=True,
+                  gradient_checkpointing=False, bf16=False, fp16=False)
+    if trainer_name == "SFTTrainer":
+        args = trl.SFTConfig(packing=True, assistant_only_loss=True, **common)
+        data = instruct.load_conversations(8, source="local", quiet=True)
+    else:
+        args = trl.DPOConfig(**common)
+        data = instruct.load_preferences(8, source="local", quiet=True)
+    trainer = getattr(trl, trainer_name)(model=model, args=args, train_dataset=data, processing_class=tok,
+                                         peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    trained = {name: p.dtype for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in name for name in trained)
+    assert set(trained.values()) == {torch.float32}
+    assert trainer.model.get_input_embeddings().weight.dtype == torch.float16  # the frozen base stays fp16
