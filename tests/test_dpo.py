@@ -123,6 +123,23 @@ def test_dpo_config_on_cpu(tmp_path):
     assert args.use_cpu and args.logging_steps == 1 and args.report_to == []
 
 
+def test_gpu_config_with_gradient_checkpointing_trains_the_adapter(tmp_path, tokenizer):
+    """dpo_config turns gradient checkpointing on on a GPU; CI trains without it. Gradients must
+    still reach the LoRA through the checkpointed layers (a tiny model, on the CPU)."""
+    from peft import LoraConfig
+    from trl import DPOTrainer
+
+    model = tiny_model(0)
+    args = D.dpo_config(tmp_path, max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
+                        gradient_checkpointing=True)
+    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=D.yoda_preferences(ROWS[:3], system_prompt="Be Yoda."),
+                         peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    trainer.train()
+    lora_b = [p for name, p in trainer.model.named_parameters() if "lora_B" in name]
+    assert args.gradient_checkpointing and lora_b and all(p.abs().sum() > 0 for p in lora_b)
+
+
 # ----------------------------------------------------------------------------- history
 LOG = [{"loss": 0.69, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/margins": 0.0,
         "rewards/accuracies": 0.0, "step": 1},
