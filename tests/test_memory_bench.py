@@ -82,6 +82,18 @@ def test_tiny_cpu_run_in_its_own_process():
     assert float(row["cpu_peak_alloc_mib"]) == pytest.approx(cpu_estimate, rel=0.10)
 
 
+def test_course_recipe_path_runs_on_cpu():
+    """The recipe's code path (4-bit NF4 with double quantisation, no fp32 upcast, bf16 LoRA weights,
+    gradient checkpointing, paged 8-bit AdamW, TRL's trainer) runs end to end before any GPU
+    sees it; its memory is a GPU question (tests marked gpu)."""
+    cfg = M.TrainConfig(shape="SmolLM2-135M", method="qlora_recipe", layers=2, seq_len=64)
+    row = B.run_isolated(cfg, steps=1, warmup=1, device="cpu", timeout=900)
+    assert row["status"] == "cpu", row.get("error")
+    assert (row["quant"], row["double_quant"], row["upcast"], row["lora_dtype"], row["optim"], row["grad_ckpt"]) == (
+        "nf4", True, False, "bf16", "paged_adamw_8bit", True)
+    assert float(row["cpu_peak_alloc_mib"]) > 0 and float(row["step_ms"]) > 0
+
+
 def test_snapshot_summary_finds_the_peak():
     frames = lambda name: [{"filename": name, "line": 1, "name": "f"}]  # noqa: E731
     snap = {"segments": [{"blocks": [{"address": 1, "size": 100 * 2**20, "state": "active_allocated",
