@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 
 PROBE_FILE_VAR = "COURSE_PROBE_FILE"
@@ -144,8 +145,53 @@ def probe(exercise: str, name: str, fn, *, atol: float | None = None) -> None:
             fh.write(json.dumps(record) + "\n")
 
 
+def _within(got, want, atol: float, where: str) -> str:
+    """``""`` when ``got`` matches ``want`` (numbers within ``atol``, lists and dicts item by item,
+    anything else equal), else why not, naming the first item that differs."""
+    at = f"{where}: " if where else ""
+    if isinstance(want, (int, float)) and not isinstance(want, bool):
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            return f"{at}not a number ({_short(got, 60)})"
+        if math.isnan(want) or math.isnan(got):
+            return "" if math.isnan(want) and math.isnan(got) else f"{at}{got} instead of {want}"
+        worst = abs(got - want)
+        return "" if worst <= atol else f"{at}off by {worst:.3g} (tolerance {atol:g})"
+    if isinstance(want, list):
+        if not isinstance(got, list):
+            return f"{at}not a list or an array ({_short(got, 60)})"
+        if len(got) != len(want):
+            return f"{at}shape {_shape(got)} instead of {_shape(want)}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            why = _within(g, w, atol, f"{where}[{i}]")
+            if why:
+                return why
+        return ""
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or set(got) != set(want):
+            keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+            return f"{at}keys {keys} instead of {sorted(want)}"
+        for k in want:
+            why = _within(got[k], want[k], atol, f"{where}[{k!r}]")
+            if why:
+                return why
+        return ""
+    return "" if got == want else f"{at}{_short(got, 60)} instead of {_short(want, 60)}"
+
+
+def _shape(value) -> tuple:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return tuple(shape)
+
+
 def probe_matches(student: dict, reference: dict) -> tuple[bool, str]:
-    """Compare a student's probe record with the solution's; ``(passed, reason)``."""
+    """Compare a student's probe record with the solution's; ``(passed, reason)``.
+
+    With the reference's ``atol``, numbers anywhere in the value (nested in lists and dicts too)
+    match within it and everything else must be equal; without it, the values must be equal.
+    """
     if "error" in student:
         return False, student["error"]
     if "error" in reference:
@@ -153,15 +199,6 @@ def probe_matches(student: dict, reference: dict) -> tuple[bool, str]:
     got, want = student.get("value"), reference.get("value")
     atol = reference.get("atol")
     if atol is not None:
-        try:
-            import torch
-
-            g = torch.as_tensor(got, dtype=torch.float64)
-            w = torch.as_tensor(want, dtype=torch.float64)
-            if g.shape != w.shape:
-                return False, f"shape {tuple(g.shape)} instead of {tuple(w.shape)}"
-            worst = (g - w).abs().max().item() if g.numel() else 0.0
-            return (worst <= atol, "" if worst <= atol else f"off by {worst:.3g} (tolerance {atol:g})")
-        except (TypeError, ValueError, RuntimeError):
-            return False, "not a number or an array of numbers"
+        why = _within(got, want, float(atol), "")
+        return not why, why
     return (got == want, "" if got == want else "a different result from the reference")

@@ -74,3 +74,24 @@ def test_probe_matches():
     assert checks.probe_matches({"value": "a"}, {"value": "b", "atol": None})[0] is False
     assert checks.probe_matches({"error": "not implemented"}, ref) == (False, "not implemented")
     assert checks.probe_matches({"value": [1.0]}, ref)[1] == "shape (1,) instead of (2,)"
+
+
+def test_probe_matches_nested_values_with_a_tolerance():
+    # Hidden tests of notebooks 03, 05 and 06 record dicts of numbers (and of lists, strings).
+    ref = {"value": {"chrf": 41.25, "per_row": [[0.5, 1.0], [0.25, 0.0]], "label": "base", "ok": True},
+           "atol": 1e-3}
+    close = {"chrf": 41.2504, "per_row": [[0.5, 1.0], [0.25, 0.0005]], "label": "base", "ok": True}
+    assert checks.probe_matches({"value": close}, ref) == (True, "")
+    for value, why in [
+        ({**close, "chrf": 40.0}, "['chrf']: off by 1.25 (tolerance 0.001)"),
+        ({**close, "per_row": [[0.5, 1.0], [0.25, 0.1]]}, "['per_row'][1][1]: off by 0.1"),
+        ({**close, "per_row": [[0.5, 1.0]]}, "['per_row']: shape (1, 2) instead of (2, 2)"),
+        ({**close, "label": "tuned"}, "['label']: 'tuned' instead of 'base'"),
+        ({**close, "ok": False}, "['ok']: False instead of True"),
+        ({"chrf": 41.25}, "keys ['chrf'] instead of ['chrf', 'label', 'ok', 'per_row']"),
+        ({**close, "chrf": "41.25"}, "['chrf']: not a number ('41.25')"),
+    ]:
+        ok, reason = checks.probe_matches({"value": value}, ref)
+        assert not ok and reason.startswith(why), (reason, why)
+    nan = {"value": float("nan"), "atol": 1e-3}
+    assert checks.probe_matches({"value": float("nan")}, nan)[0] and not checks.probe_matches({"value": 0.0}, nan)[0]

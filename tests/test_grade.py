@@ -314,8 +314,13 @@ def test_solution_scores_full_marks_and_student_copy_zero(solution, tmp_path):
     for r in rows:
         by.setdefault(r.student, {})[r.exercise] = r
     assert set(by) == {solution.parent.name, "student"}, by.keys()  # solutions/NN.ipynb -> "solutions"
+    by_hand = sum(e.points for e in assignment.exercises.values() if e.markdown)
     for r in by[solution.parent.name].values():
-        if r.exercise not in markdown:
+        if r.exercise == grade.TOTAL:  # written answers score 0 until the instructor grades them
+            assert (r.status, r.points) == ("ok", r.max_points - by_hand), f"solution, total: {r.reason}"
+        elif r.exercise in markdown:
+            assert r.status == "manual" and r.points == 0
+        else:
             assert (r.status, r.points) == ("ok", r.max_points), f"solution, {r.exercise}: {r.reason}"
     for r in by["student"].values():
         assert r.points == 0, f"student copy, {r.exercise}: {r.status} {r.reason}"
