@@ -121,7 +121,7 @@ def _hub_source(model_id: str) -> str | None:
             return model_id
         except GatedRepoError as err:
             raise ModelUnavailable(f"{model_id} is gated: accept its licence on huggingface.co, then log in "
-                                   "(huggingface-cli login, or a Colab secret HF_TOKEN).") from err
+                                   "(`hf auth login`, or on Colab a secret named HF_TOKEN).") from err
         except RepositoryNotFoundError as err:
             raise ModelUnavailable(f"{model_id} is not on the hub: check the spelling "
                                    "(organisation/name, e.g. HuggingFaceTB/SmolLM2-135M).") from err
