@@ -50,7 +50,7 @@ CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
 COLUMNS = (["status", "label", "backend", "device", "gpu", "versions"]
            + [c for c in CONFIG_FIELDS if c != "shape"] + ["shape", "liger_used"]
            + ["peak_alloc_mib", "peak_reserved_mib", "device_used_mib", "cpu_peak_alloc_mib",
-              "step_ms", "steps", "estimate_mib", "estimate_phase", "paged_estimate_mib",
+              "step_ms", "steps", "shared_gpu", "estimate_mib", "estimate_phase", "paged_estimate_mib",
               "measured_at", "error"])
 KEY_FIELDS = ["backend", "device", "shape"] + [c for c in CONFIG_FIELDS if c != "shape"]
 
@@ -63,6 +63,8 @@ GRIDS = {
     # The benchmark targets and the walk at Llama-3.2-3B, sequence 512, batch 1 (about 10 runs).
     "targets": dict(shapes=["Llama-3.2-3B"], methods=["lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
                     grad_ckpt=[False, True], seq_len=[512], attn=["sdpa"], optim=["adamw"], walk=True, mix=False),
+    # Notebook 05's "mixing and matching" table alone (at Llama-3.2-1B), for its step times.
+    "mix": dict(shapes=[], methods=[], walk=False, mix=True),
     # A few rows a notebook can measure live on a Colab T4.
     "notebook": dict(shapes=["SmolLM2-135M"], methods=["lora16", "qlora_trl"], grad_ckpt=[False, True],
                      seq_len=[512], attn=["eager", "sdpa"], optim=["adamw"], walk=False, mix=False),
@@ -484,12 +486,8 @@ def run_isolated(cfg: TrainConfig, *, label: str = "", steps: int = 4, warmup: i
     """Run one configuration in a fresh Python process and return its row (never raises for a
     failed run: the row's ``status`` says ``oom`` or ``error`` and ``error`` says why)."""
     cfg = cfg.resolved()
-    if (cfg.quant or backend == "unsloth") and not (checkpoint_dir(cfg.shape, cfg.layers) / "config.json").exists():
-        # built in a process of its own, so that building it never shows in a measurement
-        code = ("import sys; from course_utils.memory_bench import ensure_checkpoint; "
-                "ensure_checkpoint(sys.argv[1], int(sys.argv[2]) or None, device=sys.argv[3])")
-        subprocess.run([python or sys.executable, "-c", code, cfg.shape, str(cfg.layers or 0), device],
-                       capture_output=True, text=True, timeout=timeout)
+    if cfg.quant or backend == "unsloth":
+        _build_checkpoint(cfg.shape, cfg.layers, device, python, timeout)
     with tempfile.TemporaryDirectory(prefix="membench-") as tmp:
         result = Path(tmp) / "row.json"
         cmd = [python or sys.executable, "-m", "course_utils.memory_bench", "--child",
@@ -527,32 +525,115 @@ def gpu_memory_mib(python: str | None = None) -> float:
         return 0.0
 
 
+def _log_row(log, i, n, cfg, row, seconds, shared=False):
+    log(f"[{i}/{n}] {cfg.short_shape} {cfg.method} ckpt={cfg.grad_ckpt} s={cfg.seq_len} "
+        f"{cfg.attn} {cfg.optim}: {row['status']} peak={row.get('peak_alloc_mib') or row.get('cpu_peak_alloc_mib')} "
+        f"MiB est={row['estimate_mib']} ({seconds:.0f} s{', GPU shared' if shared else ''})")
+
+
+def gpu_share_mib(cfg: TrainConfig) -> float:
+    """The GPU memory a configuration is given when runs share the GPU (``--jobs``): its
+    estimate with a quarter on top (the estimator's tolerance is 10%) plus 1 GiB for the CUDA
+    context and the kernels' workspaces, which the allocator's figures do not count."""
+    return 1.25 * estimate_training_memory(cfg).peak_mib + 1024
+
+
 def run_grid(configs, out, *, resume: bool = True, steps: int = 4, warmup: int = 2,
              device: str = "cuda", backend: str = "hf", gpu_mib: float | None = None,
-             log=print) -> list[dict]:
+             jobs: int = 1, log=print) -> list[dict]:
     """Measure ``configs`` (``(label, TrainConfig)`` pairs) one process each, writing ``out``
     after every row. ``resume`` skips rows already measured in ``out``; a configuration whose
-    estimate exceeds ``gpu_mib`` is recorded as skipped instead of run into an out-of-memory."""
+    estimate exceeds ``gpu_mib`` is recorded as skipped instead of run into an out-of-memory.
+
+    ``jobs > 1`` runs several processes on the GPU at once, as many as fit in ``gpu_mib`` by
+    ``gpu_share_mib``. Each process's peak is its own (the caching allocator counts per process),
+    so the memory columns are as good as a run alone, but step times are not: a run that shared
+    the GPU gets ``shared_gpu = True`` and no ``step_ms``. A run that fails while sharing is run
+    again alone at the end.
+    """
+    import concurrent.futures as cf
+    import threading
+
     rows = read_table(out) if out != "-" else []
-    done = {row_key(r) for r in rows if r.get("status") in ("measured", "cpu", "oom")}
+    # a row measured on a shared GPU has no step time: measuring alone (jobs=1) fills it in
+    done = {row_key(r) for r in rows if r.get("status") in ("measured", "cpu", "oom")
+            and not (jobs <= 1 and str(r.get("shared_gpu")) == "True")}
+    todo = []
     for i, (label, cfg) in enumerate(configs, 1):
-        key = config_key(cfg, backend, device)
-        if resume and key in done:
+        if resume and config_key(cfg, backend, device) in done:
             continue
-        est = estimate_training_memory(cfg).peak_mib
-        if gpu_mib and est > gpu_mib:
-            row = plan_row(label, cfg, backend=backend, device=device,
-                           status="skipped: estimate exceeds GPU memory")
-        else:
-            t0 = time.time()
-            row = run_isolated(cfg, label=label, steps=steps, warmup=warmup, device=device, backend=backend)
-            log(f"[{i}/{len(configs)}] {cfg.short_shape} {cfg.method} ckpt={cfg.grad_ckpt} s={cfg.seq_len} "
-                f"{cfg.attn} {cfg.optim}: {row['status']} peak={row.get('peak_alloc_mib') or row.get('cpu_peak_alloc_mib')} "
-                f"MiB est={row['estimate_mib']} ({time.time() - t0:.0f} s)")
-        rows = merge_rows(rows, [row])
-        if out != "-":
-            write_table(rows, out)
+        if gpu_mib and estimate_training_memory(cfg).peak_mib > gpu_mib:
+            rows = merge_rows(rows, [plan_row(label, cfg, backend=backend, device=device,
+                                              status="skipped: estimate exceeds GPU memory")])
+            continue
+        todo.append((i, label, cfg))
+    n = len(configs)
+    lock = threading.Lock()
+
+    def record(row):
+        nonlocal rows
+        with lock:
+            rows = merge_rows(rows, [row])
+            if out != "-":
+                write_table(rows, out)
+
+    def measure(i, label, cfg, shared):
+        t0 = time.time()
+        row = run_isolated(cfg, label=label, steps=steps, warmup=warmup, device=device, backend=backend)
+        if shared:
+            row.update(shared_gpu=True, step_ms="", device_used_mib="")
+        with lock:
+            _log_row(log, i, n, cfg, row, time.time() - t0, shared)
+        return row
+
+    if jobs <= 1 or len(todo) <= 1:
+        for i, label, cfg in todo:
+            record(measure(i, label, cfg, shared=False))
+        return rows
+    # Checkpoints first, one at a time: building one inside a measured run would hold the others up.
+    for shape, layers in dict.fromkeys((c.shape, c.layers) for _, _, c in todo if c.quant or backend == "unsloth"):
+        _build_checkpoint(shape, layers, device)
+    budget = 0.92 * (gpu_mib or (gpu_memory_mib() if device == "cuda" else float("inf")))
+    pending = sorted(todo, key=lambda t: -gpu_share_mib(t[2]))  # the biggest first
+    retry, used, running = [], 0.0, {}
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            started = False
+            for item in list(pending):
+                need = min(gpu_share_mib(item[2]) if device == "cuda" else 0.0, budget)
+                if len(running) < jobs and used + need <= budget:
+                    pending.remove(item)
+                    used += need
+                    running[pool.submit(measure, *item, shared=True)] = (item, need)
+                    started = True
+            if not running:
+                if not started:  # nothing fits (cannot happen: need <= budget); avoid a busy loop
+                    break
+                continue
+            finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                item, need = running.pop(fut)
+                used -= need
+                row = fut.result()
+                if row["status"] in ("measured", "cpu"):
+                    record(row)
+                else:
+                    retry.append(item)
+    for i, label, cfg in retry:  # alone this time: a failure then is the configuration's own
+        record(measure(i, label, cfg, shared=False))
     return rows
+
+
+def _build_checkpoint(shape: str, layers: int | None, device: str, python: str | None = None,
+                      timeout: float = 1800) -> None:
+    """Build the architecture-only checkpoint of ``shape`` in a process of its own, so that
+    building it never shows in a measurement."""
+    if (checkpoint_dir(shape, layers) / "config.json").exists():
+        return
+    code = ("import sys; from course_utils.memory_bench import ensure_checkpoint; "
+            "ensure_checkpoint(sys.argv[1], int(sys.argv[2]) or None, device=sys.argv[3])")
+    subprocess.run([python or sys.executable, "-c", code, shape, str(layers or 0), device],
+                   capture_output=True, text=True, timeout=timeout)
 
 
 def plan_table(configs, out, *, device: str = "cuda") -> list[dict]:
@@ -645,6 +726,8 @@ def _parser():
     p.add_argument("--resume", action="store_true", help="skip rows already measured in --out")
     p.add_argument("--plan", action="store_true", help="write estimates only, measure nothing")
     p.add_argument("--shard", default=None, help="K/N: run only every N-th configuration, from the K-th")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs sharing the GPU at once, as many as fit (their step times are not recorded)")
     p.add_argument("--steps", type=int, default=4, help="measured steps (median step time)")
     p.add_argument("--warmup", type=int, default=2, help="steps before the measured ones")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -712,7 +795,7 @@ def main(argv=None) -> int:
             write_table(merge_rows(read_table(args.out), rows), args.out)
     else:
         rows = run_grid(configs, args.out, resume=args.resume, steps=args.steps, warmup=args.warmup,
-                        device=args.device, backend=args.backend, gpu_mib=gpu_mib)
+                        device=args.device, backend=args.backend, gpu_mib=gpu_mib, jobs=args.jobs)
     if args.out == "-":
         writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()

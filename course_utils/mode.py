@@ -45,13 +45,25 @@ def gpu_has_native_bf16(capability: tuple[int, int] | None = None) -> bool:
     return tuple(capability) >= (8, 0)
 
 
+GPU_DTYPE_VAR = "COURSE_GPU_DTYPE"
+
+
 def pick_dtype(device: str | None = None):
-    """bf16 on GPUs with native bf16, fp16 on older GPUs such as the T4, float32 on CPU."""
+    """bf16 on GPUs with native bf16, fp16 on older GPUs such as the T4, float32 on CPU.
+
+    ``COURSE_GPU_DTYPE=fp16`` makes a newer GPU take the T4's fp16 path (to check that path, or
+    to compare with a T4), and ``bf16`` the other way round; the CPU always trains in float32.
+    """
     import torch
 
     device = device or pick_device()
     if device != "cuda":
         return torch.float32
+    forced = os.environ.get(GPU_DTYPE_VAR, "").strip().lower()
+    if forced:
+        if forced not in ("fp16", "bf16"):
+            raise ValueError(f"{GPU_DTYPE_VAR}={forced!r}: use fp16 (the T4 path) or bf16, or unset it.")
+        return torch.float16 if forced == "fp16" else torch.bfloat16
     return torch.bfloat16 if gpu_has_native_bf16() else torch.float16
 
 

@@ -94,6 +94,67 @@ def test_course_recipe_path_runs_on_cpu():
     assert float(row["cpu_peak_alloc_mib"]) > 0 and float(row["step_ms"]) > 0
 
 
+def _fake_runs(monkeypatch, statuses=None):
+    """run_isolated replaced by a fake that records how many runs overlap."""
+    import threading
+    import time
+
+    state = {"now": 0, "most": 0, "calls": []}
+    lock = threading.Lock()
+
+    def fake(cfg, *, label="", device="cuda", backend="hf", **kw):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["calls"].append(cfg.seq_len)
+        time.sleep(0.05)
+        row = B.plan_row(label, cfg, device=device, status="measured")
+        status = (statuses or {}).get(cfg.seq_len, ["measured"])
+        row.update(status=status.pop(0) if len(status) > 1 else status[0], gpu="fake", step_ms=12.0,
+                   peak_alloc_mib=1.0, device_used_mib=5.0)
+        with lock:
+            state["now"] -= 1
+        return row
+
+    monkeypatch.setattr(B, "run_isolated", fake)
+    return state
+
+
+def _configs(n):
+    return [("", M.TrainConfig(shape="SmolLM2-135M", method="lora16", seq_len=64 * (i + 1), layers=2))
+            for i in range(n)]
+
+
+def test_jobs_share_the_gpu_within_its_memory(monkeypatch, tmp_path):
+    """--jobs runs configurations side by side only while their shares fit the GPU, drops the
+    step time (and the device-wide reading) of runs that shared it, and keeps every row."""
+    state = _fake_runs(monkeypatch)
+    cfgs = _configs(6)
+    share = max(B.gpu_share_mib(c) for _, c in cfgs)
+    rows = B.run_grid(cfgs, tmp_path / "t.csv", jobs=4, gpu_mib=2.2 * share / 0.92, log=lambda *_: None)
+    assert state["most"] == 2, "two shares fit the GPU, never more"
+    assert len(rows) == 6 and all(r["status"] == "measured" for r in rows)
+    assert all(r["shared_gpu"] is True and r["step_ms"] == "" and r["device_used_mib"] == "" for r in rows)
+    assert len(B.read_table(tmp_path / "t.csv")) == 6
+    state = _fake_runs(monkeypatch)
+    rows = B.run_grid(cfgs, tmp_path / "alone.csv", jobs=1, gpu_mib=1e9, log=lambda *_: None)
+    assert state["most"] == 1 and all(r["step_ms"] == 12.0 and not r.get("shared_gpu") for r in rows)
+    # resuming alone re-measures the shared rows (for their step times); resuming shared does not
+    state = _fake_runs(monkeypatch)
+    B.run_grid(cfgs, tmp_path / "t.csv", jobs=2, gpu_mib=1e9, log=lambda *_: None)
+    assert state["calls"] == []
+    rows = B.run_grid(cfgs, tmp_path / "t.csv", jobs=1, gpu_mib=1e9, log=lambda *_: None)
+    assert len(state["calls"]) == 6 and all(float(r["step_ms"]) == 12.0 for r in rows)
+
+
+def test_a_run_that_fails_while_sharing_is_run_again_alone(monkeypatch, tmp_path):
+    state = _fake_runs(monkeypatch, statuses={128: ["oom", "measured"]})
+    rows = B.run_grid(_configs(3), tmp_path / "t.csv", jobs=3, gpu_mib=1e9, log=lambda *_: None)
+    assert state["calls"].count(128) == 2 and state["calls"][-1] == 128
+    again = next(r for r in rows if int(r["seq_len"]) == 128)
+    assert again["status"] == "measured" and again["step_ms"] == 12.0 and not again.get("shared_gpu")
+
+
 def test_snapshot_summary_finds_the_peak():
     frames = lambda name: [{"filename": name, "line": 1, "name": "f"}]  # noqa: E731
     snap = {"segments": [{"blocks": [{"address": 1, "size": 100 * 2**20, "state": "active_allocated",
@@ -121,7 +182,9 @@ def test_shipped_table_is_honest():
         est = M.estimate_training_memory(B.config_from_row(r)).peak_mib
         assert float(r["estimate_mib"]) == pytest.approx(est, abs=0.2), "re-run --plan: the estimator changed"
         if r["status"] == "measured":
-            assert r["gpu"] and r["versions"] and float(r["peak_alloc_mib"]) > 0 and float(r["step_ms"]) > 0
+            assert r["gpu"] and r["versions"] and float(r["peak_alloc_mib"]) > 0
+            # a run that shared the GPU (--jobs) has no step time: another run slowed it down
+            assert (r["step_ms"] == "") if r.get("shared_gpu") == "True" else float(r["step_ms"]) > 0
             assert est == pytest.approx(float(r["peak_alloc_mib"]), rel=0.10), B.row_key(r)
         else:
             assert r["peak_alloc_mib"] == r["peak_reserved_mib"] == r["step_ms"] == r["gpu"] == ""

@@ -28,6 +28,13 @@ def test_dtype_per_device(monkeypatch):
     assert mode.training_precision("cuda") == {"bf16": False, "fp16": True}
     monkeypatch.setattr(mode, "gpu_has_native_bf16", lambda capability=None: True)
     assert cu.pick_dtype("cuda") is torch.bfloat16
+    monkeypatch.setenv("COURSE_GPU_DTYPE", "fp16")  # the T4's path on a newer GPU
+    assert cu.pick_dtype("cuda") is torch.float16 and cu.training_precision("cuda") == {"bf16": False, "fp16": True}
+    assert cu.pick_dtype("cpu") is torch.float32
+    monkeypatch.setenv("COURSE_GPU_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="fp16"):
+        cu.pick_dtype("cuda")
+    monkeypatch.delenv("COURSE_GPU_DTYPE")
     assert mode.training_precision("cpu") == {"bf16": False, "fp16": False}
 
 
