@@ -121,7 +121,7 @@ def test_optimizer_bytes_by_hand():
 
 
 # ------------------------------------------------------------------------------- activations
-def test_eight_bit_optimizers_keep_the_embedding_in_fp32_states():
+def test_eight_bit_optimizers_keep_the_embedding_in_fp32_states(tmp_path):
     """transformers' Trainer gives every nn.Embedding 32-bit states when it builds a bitsandbytes
     8-bit optimizer; the estimator counts them (a full fine-tune of Llama-3.2-1B measured 9,173
     MiB on an H100 where 8-bit embedding states would make it 1.5 GiB less). If a release stops
@@ -130,7 +130,7 @@ def test_eight_bit_optimizers_keep_the_embedding_in_fp32_states():
     from transformers import Trainer, TrainingArguments
 
     model = cu.load_architecture("HuggingFaceTB/SmolLM2-135M", num_hidden_layers=1)
-    args = TrainingArguments(output_dir="unused", optim="adamw_bnb_8bit", use_cpu=True, report_to="none")
+    args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_bnb_8bit", use_cpu=True, report_to="none")
     Trainer(model=model, args=args).create_optimizer()
     manager = bnb.optim.GlobalOptimManager.get_instance()
     emb = model.get_input_embeddings().weight
