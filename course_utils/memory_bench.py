@@ -218,6 +218,20 @@ def find_row(cfg: TrainConfig, rows: list[dict] | None = None, *, backend: str =
     return next((r for r in rows if row_key(r) == key), None)
 
 
+def measured(row: dict | None, column: str) -> float:
+    """A measured figure of a table row as a float, NaN where there is none: the row is missing,
+    not measured on a GPU, or has no such figure (a run that shared the GPU has no step time)."""
+    if not row or row.get("status") != "measured":
+        return float("nan")
+    try:
+        return float(row.get(column))
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+SNAPSHOT_TABLE = Path(__file__).parent / "data" / "recipe_snapshot.csv"
+
+
 def load_measurements(path=DEFAULT_OUT):
     """The measurement table as a pandas DataFrame (numbers as numbers)."""
     import pandas as pd
