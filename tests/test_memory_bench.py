@@ -209,6 +209,8 @@ def test_shipped_table_is_honest():
         else:
             assert r["peak_alloc_mib"] == r["peak_reserved_mib"] == r["step_ms"] == r["gpu"] == ""
     assert len({B.row_key(r) for r in rows}) == len(rows)
+    # one row per configuration of the course grid, none left over from an older grid
+    assert {B.row_key(r) for r in rows if r["backend"] == "hf"} == {B.config_key(c) for _, c in B.grid_configs("course")}
     assert (SHIPPED.parent / "memory_measurements.md").exists()
 
 
