@@ -242,12 +242,15 @@ def optimizer_bytes(optim: str, *, n_params: int | None = None,
       does not see them, so they are reported as ``paged``;
     - ``sgd``: no state.
 
-    ``fp32_state_sizes``: tensors an 8-bit optimizer keeps in two fp32 states anyway.
-    transformers' ``Trainer`` (and so TRL's trainers) does that for every ``nn.Embedding`` when
-    it builds a bitsandbytes 8-bit optimizer, for stability; it matters when the embeddings train.
+    ``fp32_state_sizes``: tensors an 8-bit optimizer keeps in two fp32 states anyway (any other
+    optimizer treats them like the rest). transformers' ``Trainer`` (and so TRL's trainers) does
+    that for every ``nn.Embedding`` when it builds a bitsandbytes 8-bit optimizer, for stability;
+    it matters when the embeddings train.
     """
     _check_choice("optim", optim, OPTIMIZERS)
     sizes = tensor_sizes if tensor_sizes is not None else [n_params or 0]
+    if "8bit" not in optim:
+        sizes, fp32_state_sizes = list(sizes) + list(fp32_state_sizes), ()
     if optim == "sgd":
         return {"allocated": 0.0, "paged": 0.0}
     if optim == "adamw":
@@ -632,8 +635,6 @@ def estimate_training_memory(config: TrainConfig | str | None = None, *, device:
     grads = n_train * train_bytes
     # a full fine-tune trains the embedding: in 32-bit states even with an 8-bit optimizer (Trainer)
     embedding = [] if cfg.lora else [pc.embedding]
-    if cfg.optim in ("adamw", "sgd", "paged_adamw_32bit"):
-        sizes, embedding = sizes + embedding, []
     opt = optimizer_bytes(cfg.optim, param_bytes=train_bytes, tensor_sizes=sizes, fp32_state_sizes=embedding)
     parts["optimizer states"] = opt["allocated"]
 

@@ -139,6 +139,9 @@ def test_eight_bit_optimizers_keep_the_embedding_in_fp32_states(tmp_path):
     assert overrides and overrides[-1].get("optim_bits") == 32
     assert M.optimizer_bytes("adamw_8bit", tensor_sizes=[4096], fp32_state_sizes=[1000])["allocated"] == (
         8000 + 2 * (4096 + 4 * 16))
+    # other optimizers treat those tensors like the rest
+    assert M.optimizer_bytes("adamw", tensor_sizes=[4096], fp32_state_sizes=[1000], param_bytes=2)["allocated"] == (
+        2 * 2 * 5096)
     full = M.estimate_training_memory("meta-llama/Llama-3.2-1B", method="full16", optim="adamw_8bit")
     emb_params = M.count_parameters("meta-llama/Llama-3.2-1B").embedding
     assert full.parts["optimizer states"] > 8 * emb_params
