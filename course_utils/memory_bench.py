@@ -612,18 +612,13 @@ def run_grid(configs, out, *, resume: bool = True, steps: int = 4, warmup: int =
     retry, used, running = [], 0.0, {}
     with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            started = False
+            # start what fits; with nothing running the first one always fits (need <= budget)
             for item in list(pending):
                 need = min(gpu_share_mib(item[2]) if device == "cuda" else 0.0, budget)
                 if len(running) < jobs and used + need <= budget:
                     pending.remove(item)
                     used += need
                     running[pool.submit(measure, *item, shared=True)] = (item, need)
-                    started = True
-            if not running:
-                if not started:  # nothing fits (cannot happen: need <= budget); avoid a busy loop
-                    break
-                continue
             finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 item, need = running.pop(fut)
