@@ -18,6 +18,7 @@ Other uses::
     python -m course_utils.memory_bench --plan --grid course --out table.csv   # estimates only
     python -m course_utils.memory_bench --shape Llama-3.2-3B --method qlora_recipe --out -
     python -m course_utils.memory_bench --shape Llama-3.2-3B --method qlora_recipe --snapshot snap.pickle
+        # also writes where the peak's memory went, by category, to data/recipe_snapshot.csv
 
 On a machine without CUDA, ``--device cpu`` runs the same plumbing on the CPU: the GPU columns
 stay empty, ``device`` says ``cpu``, and ``cpu_peak_alloc_mib`` holds the CPU peak that PyTorch's
@@ -179,17 +180,17 @@ def read_table(path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def write_table(rows: list[dict], path) -> None:
+def write_table(rows: list[dict], path, columns=COLUMNS) -> None:
     """Write rows with the harness's columns (atomically: a crash never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memtable-", suffix=".csv")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
-                writer.writerow({c: row.get(c, "") for c in COLUMNS})
+                writer.writerow({c: row.get(c, "") for c in columns})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -230,6 +231,20 @@ def measured(row: dict | None, column: str) -> float:
 
 
 SNAPSHOT_TABLE = Path(__file__).parent / "data" / "recipe_snapshot.csv"
+SNAPSHOT_COLUMNS = ["allocated_by", "mib_at_peak", "gpu", "versions", "config", "peak_alloc_mib", "measured_at"]
+
+
+def snapshot_rows(summary: "list[tuple[str, float]]", row: dict) -> list[dict]:
+    """The rows of a snapshot table (``SNAPSHOT_TABLE``'s columns): one per category of
+    ``summarize_snapshot``'s ``summary``, each carrying the GPU, versions, configuration and
+    measured peak of the run ``row`` that recorded the snapshot."""
+    from .shapes import short_name
+
+    cfg = config_from_row(row) if "method" in row else None
+    desc = (f"{short_name(cfg.shape)} {cfg.method} seq {cfg.seq_len} batch {cfg.batch}"
+            + (f" r={cfg.lora_r}" if cfg.lora else "")) if cfg else row.get("label", "")
+    common = {c: row.get(c, "") for c in ("gpu", "versions", "peak_alloc_mib", "measured_at")}
+    return [dict(common, allocated_by=cat, mib_at_peak=round(mib, 1), config=desc) for cat, mib in summary]
 
 
 def load_measurements(path=DEFAULT_OUT):
@@ -742,6 +757,8 @@ def _parser():
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
     p.add_argument("--snapshot", default=None, help="record a memory snapshot of the last step here")
+    p.add_argument("--snapshot-table", default=str(SNAPSHOT_TABLE),
+                   help="CSV to write the snapshot's memory at the peak by category ('-': print only)")
     p.add_argument("--label", default="")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
@@ -797,9 +814,15 @@ def main(argv=None) -> int:
         row = run_isolated(configs[0][1], label=args.label, steps=args.steps, warmup=args.warmup,
                            device=args.device, backend=args.backend, snapshot=args.snapshot)
         rows = [row]
-        if os.path.exists(args.snapshot):
-            for cat, mib in summarize_snapshot(args.snapshot):
+        if os.path.exists(args.snapshot) and row.get("status") == "measured":
+            summary = summarize_snapshot(args.snapshot)
+            for cat, mib in summary:
                 print(f"{cat:<40} {mib:>10,.1f} MiB")
+            if args.snapshot_table != "-":
+                write_table(snapshot_rows(summary, row), args.snapshot_table, columns=SNAPSHOT_COLUMNS)
+                print(f"Wrote where the peak's memory went to {args.snapshot_table}.")
+        elif row.get("status") != "measured":
+            print(f"The run did not finish ({row.get('status')}: {row.get('error', '')}); no snapshot table written.")
         if args.out != "-":
             write_table(merge_rows(read_table(args.out), rows), args.out)
     else:

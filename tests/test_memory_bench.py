@@ -2,6 +2,7 @@
 tiny CPU run, and the shipped table's honesty. GPU measurements are marked ``gpu``."""
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -189,6 +190,58 @@ def test_snapshot_summary_finds_the_peak():
     summary = dict(B.summarize_snapshot(snap))
     assert summary == {"4-bit weights and dequantisation": 100, "activations (decoder layers)": 50,
                        "LM head and loss": 30}
+
+
+def _fake_snapshot_run(monkeypatch, status):
+    """run_isolated replaced by a fake that leaves a snapshot file, as a measured GPU run does."""
+    import pickle
+
+    frames = lambda name: [{"filename": name, "line": 1, "name": "f"}]  # noqa: E731
+    snap = {"segments": [{"blocks": [{"address": 1, "size": 96 * 2**20, "state": "active_allocated",
+                                      "frames": frames("bitsandbytes/nn/modules.py")}]}],
+            "device_traces": [[{"action": "alloc", "addr": 2, "size": 32 * 2**20,
+                                "frames": frames("peft/tuners/lora/layer.py")}]]}
+
+    def fake(cfg, *, label="", device="cuda", backend="hf", snapshot=None, **kw):
+        row = B.plan_row(label, cfg, device=device, status=status)
+        if status == "measured":
+            Path(snapshot).write_bytes(pickle.dumps(snap))
+            row.update(gpu="fake GPU", versions="torch=x", peak_alloc_mib=128.0, measured_at="2026-11-23")
+        else:
+            row["error"] = "OutOfMemoryError: CUDA out of memory"
+        return row
+
+    monkeypatch.setattr(B, "run_isolated", fake)
+    monkeypatch.setattr(B, "gpu_memory_mib", lambda *a, **k: 80_000.0)
+
+
+def test_snapshot_run_writes_where_the_peak_went(monkeypatch, tmp_path, capsys):
+    """``--snapshot`` writes the snapshot table itself (no figure copied by hand): one row per
+    category, summing to the run's measured peak, with the run's GPU, versions and configuration."""
+    _fake_snapshot_run(monkeypatch, "measured")
+    table = tmp_path / "snap.csv"
+    assert B.main(["--shape", "Llama-3.2-3B", "--method", "qlora_recipe", "--snapshot",
+                   str(tmp_path / "s.pickle"), "--snapshot-table", str(table), "--out", "-"]) == 0
+    rows = B.read_table(table)
+    assert list(rows[0]) == B.SNAPSHOT_COLUMNS
+    assert {r["allocated_by"]: float(r["mib_at_peak"]) for r in rows} == {
+        "4-bit weights and dequantisation": 96.0, "LoRA (weights, activations)": 32.0}
+    assert sum(float(r["mib_at_peak"]) for r in rows) == pytest.approx(float(rows[0]["peak_alloc_mib"]))
+    assert {r["gpu"] for r in rows} == {"fake GPU"}
+    assert rows[0]["config"] == "Llama-3.2-3B qlora_recipe seq 512 batch 1 r=16"
+    # the shipped table was written by the same code: same columns, same description of the run
+    shipped = B.read_table(B.SNAPSHOT_TABLE)
+    assert list(shipped[0]) == B.SNAPSHOT_COLUMNS and shipped[0]["config"] == rows[0]["config"]
+
+
+def test_failed_snapshot_run_leaves_the_table_alone(monkeypatch, tmp_path, capsys):
+    _fake_snapshot_run(monkeypatch, "oom")
+    table = tmp_path / "snap.csv"
+    table.write_text("kept\n")
+    B.main(["--shape", "Llama-3.2-3B", "--method", "qlora_recipe", "--snapshot", str(tmp_path / "s.pickle"),
+            "--snapshot-table", str(table), "--out", "-"])
+    assert table.read_text() == "kept\n"
+    assert "did not finish (oom" in capsys.readouterr().out
 
 
 def test_shipped_table_is_honest():
