@@ -45,21 +45,21 @@ def versions() -> str:
 
 
 def machine() -> dict:
-    """The CPU, core count and (if torch sees one) the GPU of this machine."""
+    """The CPU, core count and (if ``nvidia-smi`` sees one) the GPU of this machine."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    gpu = ""
+    # nvidia-smi, not torch: a CUDA context in this process would hold GPU memory while the
+    # notebooks run
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+        query = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=60)
+        gpu = query.stdout.strip().splitlines()[0] if query.returncode == 0 and query.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        gpu = ""
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
 
 

@@ -69,3 +69,15 @@ def test_slowest_cells_reads_nbclient_timing():
                                       "shell.execute_reply": f"2026-11-23T{end}Z"}
     assert timing.slowest_cells(nb) == [(2, 60.0, "slow()"), (0, 1.5, "fast()")]
     assert timing.slowest_cells(nb, n=1) == [(2, 60.0, "slow()")]
+
+
+def test_machine_never_opens_cuda_in_the_timer():
+    """The timer's own process must not hold a CUDA context (GPU memory) while notebooks run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from course_utils import timing; info = timing.machine(); "
+            "assert info['cpu_count'] >= 1 and isinstance(info['gpu'], str); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
