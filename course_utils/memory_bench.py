@@ -181,7 +181,8 @@ def read_table(path) -> list[dict]:
 
 
 def write_table(rows: list[dict], path, columns=COLUMNS) -> None:
-    """Write rows with the harness's columns (atomically: a crash never leaves half a file)."""
+    """Write rows with ``columns`` (the measurement table's by default), atomically: a crash
+    never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memtable-", suffix=".csv")
@@ -238,11 +239,8 @@ def snapshot_rows(summary: "list[tuple[str, float]]", row: dict) -> list[dict]:
     """The rows of a snapshot table (``SNAPSHOT_TABLE``'s columns): one per category of
     ``summarize_snapshot``'s ``summary``, each carrying the GPU, versions, configuration and
     measured peak of the run ``row`` that recorded the snapshot."""
-    from .shapes import short_name
-
-    cfg = config_from_row(row) if "method" in row else None
-    desc = (f"{short_name(cfg.shape)} {cfg.method} seq {cfg.seq_len} batch {cfg.batch}"
-            + (f" r={cfg.lora_r}" if cfg.lora else "")) if cfg else row.get("label", "")
+    cfg = config_from_row(row)
+    desc = f"{cfg.short_shape} {cfg.method} seq {cfg.seq_len} batch {cfg.batch}" + (f" r={cfg.lora_r}" if cfg.lora else "")
     common = {c: row.get(c, "") for c in ("gpu", "versions", "peak_alloc_mib", "measured_at")}
     return [dict(common, allocated_by=cat, mib_at_peak=round(mib, 1), config=desc) for cat, mib in summary]
 

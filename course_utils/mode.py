@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 SMOKE_VAR = "COURSE_SMOKE"
+OUTPUTS_VAR = "COURSE_OUTPUTS"
 PRINTED_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
@@ -170,6 +171,6 @@ def output_dir(stem: str):
     ``outputs/<stem>`` next to the notebook). Created if missing."""
     from pathlib import Path
 
-    path = Path(os.environ.get("COURSE_OUTPUTS", "outputs")) / stem
+    path = Path(os.environ.get(OUTPUTS_VAR, "outputs")) / stem
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -27,21 +27,15 @@ import sys
 import time
 from pathlib import Path
 
+from .mode import GPU_DTYPE_VAR, OUTPUTS_VAR, PRINTED_PACKAGES, SMOKE_VAR, package_version
+
 COLUMNS = ["notebook", "mode", "status", "seconds", "kernel_peak_rss_mib", "slowest_cells", "gpu",
            "gpu_dtype", "cpu", "cpu_count", "python", "versions", "measured_at", "error"]
-PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes"]
 
 
 def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for name in PACKAGES:
-        try:
-            out.append(f"{name}={version(name)}")
-        except PackageNotFoundError:
-            pass
-    return ";".join(out)
+    """``name=version;...`` of the packages every notebook's setup cell prints."""
+    return ";".join(f"{p}={package_version(p)}" for p in PRINTED_PACKAGES if package_version(p))
 
 
 def machine() -> dict:
@@ -152,13 +146,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     (out / "outputs").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, TQDM_DISABLE="1", COURSE_OUTPUTS=str((out / "outputs").resolve()))
-    env.pop("COURSE_SMOKE", None)
+    env = dict(os.environ, TQDM_DISABLE="1")
+    env[OUTPUTS_VAR] = str((out / "outputs").resolve())
+    env.pop(SMOKE_VAR, None)
     env.pop("MPLBACKEND", None)  # the kernel's inline backend keeps the plots in the executed copy
     if args.reduced:
-        env["COURSE_SMOKE"] = "1"
+        env[SMOKE_VAR] = "1"
     if args.gpu_dtype:
-        env["COURSE_GPU_DTYPE"] = args.gpu_dtype
+        env[GPU_DTYPE_VAR] = args.gpu_dtype
     info = dict(machine(), versions=versions(), mode="reduced" if args.reduced else "full",
                 gpu_dtype=args.gpu_dtype or "")
     failed = 0
