@@ -40,7 +40,8 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from .memory import (METHODS, MIB, TrainConfig, estimate_training_memory, recipe_walk_configs)
+from .memory import (METHODS, MIB, TrainConfig, estimate_training_memory, offload_configs,
+                     recipe_walk_configs)
 
 DEFAULT_OUT = Path(__file__).parent / "data" / "memory_measurements.csv"
 REPRODUCE = ("python -m course_utils.memory_bench --grid course --resume "
@@ -60,10 +61,12 @@ GRIDS = {
     "course": dict(shapes=["SmolLM2-135M", "Llama-3.2-1B", "Llama-3.2-3B"],
                    methods=["full16", "lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
                    grad_ckpt=[False, True], seq_len=[512, 2048], attn=["eager", "sdpa"],
-                   optim=["adamw", "adamw_8bit"], walk=True, mix=True),
-    # The benchmark targets and the walk at Llama-3.2-3B, sequence 512, batch 1 (about 10 runs).
+                   optim=["adamw", "adamw_8bit"], walk=True, mix=True, offload=True),
+    # The benchmark targets, the walk and activation offloading at Llama-3.2-3B, sequence 512,
+    # batch 1 (15 runs).
     "targets": dict(shapes=["Llama-3.2-3B"], methods=["lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
-                    grad_ckpt=[False, True], seq_len=[512], attn=["sdpa"], optim=["adamw"], walk=True, mix=False),
+                    grad_ckpt=[False, True], seq_len=[512], attn=["sdpa"], optim=["adamw"], walk=True, mix=False,
+                    offload=True),
     # Notebook 05's "mixing and matching" table alone (at Llama-3.2-1B), for its step times.
     "mix": dict(shapes=[], methods=[], walk=False, mix=True),
     # A few rows a notebook can measure live on a Colab T4.
@@ -126,6 +129,9 @@ def grid_configs(name: str = "course", *, layers: int | None = None) -> list[tup
     if g["mix"]:
         for label, cfg in mix_configs():
             add(f"mix: {label}", replace(cfg, layers=layers))
+    if g.get("offload"):
+        for label, cfg in offload_configs():
+            add(f"offload: {label}", replace(cfg, layers=layers))
     return out
 
 
@@ -149,7 +155,7 @@ def _parse_value(name, value):
         return int(float(value))
     if name == "lora_dropout":
         return float(value)
-    if name in ("grad_ckpt", "double_quant", "upcast", "liger", "amp"):
+    if name in ("grad_ckpt", "double_quant", "upcast", "liger", "amp", "act_offload"):
         return str(value).strip().lower() in ("true", "1", "yes")
     return value
 
@@ -177,7 +183,11 @@ def read_table(path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))
+    for row in rows:  # measurement tables written before the act_offload column: none offloaded
+        if "method" in row and row.get("act_offload") in (None, ""):
+            row["act_offload"] = "False"
+    return rows
 
 
 def write_table(rows: list[dict], path, columns=COLUMNS) -> None:
@@ -365,6 +375,14 @@ def _dataset(cfg: TrainConfig, vocab: int, n_rows: int):
     return Dataset.from_dict({"input_ids": ids, "labels": ids})
 
 
+def unsupported(cfg: TrainConfig, device: str) -> str | None:
+    """Why ``cfg`` cannot run on ``device``, or None."""
+    if cfg.act_offload and device != "cuda":
+        return ("activation offloading moves a GPU's saved activations to CPU memory: it needs "
+                "--device cuda (leave act_offload off for CPU runs)")
+    return None
+
+
 def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = "cuda",
             backend: str = "hf", snapshot: str | None = None, label: str = "") -> dict:
     """Train ``warmup + steps`` steps of ``cfg`` in this process and return the table row.
@@ -375,6 +393,9 @@ def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = 
     row = plan_row(label, cfg, backend=backend, device=device, status="error")
     row.update(versions=versions(), measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
                pid=os.getpid())  # pid: not a column; the tests check that each run has its own process
+    problem = unsupported(cfg, device)
+    if problem:
+        raise ValueError(problem)
     if backend == "unsloth":
         import unsloth  # noqa: F401 - unsloth patches transformers and trl, so it comes first
     import torch
@@ -451,7 +472,7 @@ def run_one(cfg: TrainConfig, *, steps: int = 4, warmup: int = 2, device: str = 
     if cfg.loss == "chunked":
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(max_length=cfg.seq_len, packing=False, **common)
+        args = SFTConfig(max_length=cfg.seq_len, packing=False, activation_offloading=cfg.act_offload, **common)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok,
                              peft_config=lora_config, callbacks=[_Timer()])
     else:
@@ -513,6 +534,11 @@ def run_isolated(cfg: TrainConfig, *, label: str = "", steps: int = 4, warmup: i
     """Run one configuration in a fresh Python process and return its row (never raises for a
     failed run: the row's ``status`` says ``oom`` or ``error`` and ``error`` says why)."""
     cfg = cfg.resolved()
+    problem = unsupported(cfg, device)
+    if problem:  # before building a checkpoint for it
+        row = plan_row(label, cfg, backend=backend, device=device, status="error")
+        row["error"] = problem
+        return row
     if cfg.quant or backend == "unsloth":
         _build_checkpoint(cfg.shape, cfg.layers, device, python, timeout)
     with tempfile.TemporaryDirectory(prefix="membench-") as tmp:
@@ -742,6 +768,8 @@ def _parser():
     p.add_argument("--attn", choices=["eager", "sdpa"], default="sdpa")
     p.add_argument("--optim", default=None)
     p.add_argument("--grad-ckpt", choices=["on", "off"], default=None)
+    p.add_argument("--act-offload", action="store_true",
+                   help="TRL's activation offloading (saved activations to CPU memory; CUDA only)")
     p.add_argument("--layers", type=int, default=None, help="override the number of layers (tests)")
     p.add_argument("--compute-dtype", choices=["bf16", "fp16", "fp32"], default=None)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="CSV to write ('-' prints the rows)")
@@ -787,7 +815,8 @@ def main(argv=None) -> int:
     elif args.shape:
         fields_ = dict(shape=args.shape, method=args.method, seq_len=args.seq_len, batch=args.batch,
                        attn=args.attn, optim=args.optim, layers=args.layers,
-                       grad_ckpt=None if args.grad_ckpt is None else args.grad_ckpt == "on")
+                       grad_ckpt=None if args.grad_ckpt is None else args.grad_ckpt == "on",
+                       act_offload=args.act_offload)
         if args.compute_dtype:
             fields_["compute_dtype"] = args.compute_dtype
         configs = [(args.label, TrainConfig(**fields_).resolved())]

@@ -305,3 +305,27 @@ def test_every_shape_gets_an_estimate():
         est = M.estimate_training_memory(model_id, method="qlora_trl", grad_ckpt=True)
         assert math.isfinite(est.peak_bytes) and est.peak_bytes > 0
         assert get_shape(model_id)["num_hidden_layers"] > 0
+
+
+def test_activation_offloading_keeps_about_one_layer_on_the_gpu():
+    """TRL's activation offloading (``act_offload``) moves the saved activations to CPU memory:
+    fewer stay on the GPU than under checkpointing, which keeps every layer's input. Estimates."""
+    base = dict(shape="Llama-3.2-3B", method="qlora_trl")
+    plain = M.estimate_training_memory(**base)
+    ckpt = M.estimate_training_memory(**base, grad_ckpt=True)
+    offload = M.estimate_training_memory(**base, act_offload=True)
+    assert offload.parts["activations"] < ckpt.parts["activations"] < plain.parts["activations"]
+    # one layer's tensors: what a forward pass without offloading keeps, divided by the layers
+    layers = get_shape("meta-llama/Llama-3.2-3B")["num_hidden_layers"]
+    assert offload.parts["activations"] == pytest.approx(plain.parts["activations"] / layers, rel=0.05)
+    assert offload.peak_gib < 3.5 < plain.peak_gib
+    labels = [label for label, _ in M.offload_configs()]
+    assert len(labels) == len(set(labels)) == 2
+    assert all(cfg.act_offload and not cfg.grad_ckpt for _, cfg in M.offload_configs())
+
+
+def test_activation_offloading_needs_trls_trainer():
+    with pytest.raises(ValueError, match="SFTTrainer"):
+        M.TrainConfig(method="qlora_hf", act_offload=True).resolved()
+    with pytest.raises(ValueError, match="act_offload must be True or False"):
+        M.TrainConfig(method="qlora_trl", act_offload="yes").resolved()

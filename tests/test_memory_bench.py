@@ -25,7 +25,7 @@ def test_course_grid_covers_the_issue():
     for field, values in [("seq_len", {512, 2048}), ("attn", {"eager", "sdpa"}), ("grad_ckpt", {False, True}),
                           ("optim", {"adamw", "adamw_8bit", "paged_adamw_8bit"})]:
         assert {getattr(c, field) for c in configs} >= values, field
-    recipe = [c for c in configs if c.method == "qlora_recipe" and c.liger]
+    recipe = [c for c in configs if c.method == "qlora_recipe" and c.liger and not c.act_offload]
     assert recipe and all(c.grad_ckpt and c.optim == "paged_adamw_8bit" for c in recipe)
     # 4 methods x 16 combinations + the recipe x 4, per shape; plus the walk's extra steps
     assert len(configs) >= 3 * (4 * 16 + 4)
@@ -298,3 +298,36 @@ def test_command_line_help():
     out = subprocess.run([sys.executable, "-m", "course_utils.memory_bench", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--grid" in out.stdout and "--resume" in out.stdout
+
+
+def test_activation_offloading_rows_are_gpu_rows(monkeypatch, tmp_path):
+    """The offloading alternatives are in the benchmark targets (measured with their step times on
+    a GPU); on a CPU they become an error row saying why, before any checkpoint is built; the
+    column survives the CSV, and a table written before it existed reads as not offloaded."""
+    offload = [(label, cfg) for label, cfg in B.grid_configs("targets") if cfg.act_offload]
+    assert [label for label, _ in offload] == [f"offload: {label}" for label, _ in M.offload_configs()]
+
+    def no_build(*a, **kw):
+        raise AssertionError("built a checkpoint for a run that cannot happen")
+
+    monkeypatch.setattr(B, "_build_checkpoint", no_build)
+    row = B.run_isolated(offload[0][1], device="cpu")
+    assert row["status"] == "error" and "needs --device cuda" in row["error"]
+
+    path = tmp_path / "t.csv"
+    B.write_table([B.plan_row(*offload[0])], path)
+    back = B.read_table(path)
+    assert back[0]["act_offload"] == "True" and B.config_from_row(back[0]) == offload[0][1]
+    old_columns = [c for c in B.COLUMNS if c != "act_offload"]
+    B.write_table([B.plan_row("", TINY.resolved())], path, columns=old_columns)
+    assert B.row_key(B.read_table(path)[0]) == B.config_key(TINY.resolved())
+
+
+def test_trl_still_offers_activation_offloading():
+    """The harness passes ``activation_offloading`` to TRL's SFTConfig: a release that drops or
+    renames it must fail here, not on the next GPU."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    assert "activation_offloading" in {f.name for f in dataclasses.fields(SFTConfig)}
