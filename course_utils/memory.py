@@ -391,9 +391,10 @@ def recipe_walk_configs(shape: str = "meta-llama/Llama-3.2-3B", seq_len: int = 5
 
 
 # Gradient checkpointing buys memory with a second forward pass (the recipe's step: 2.46x LoRA on
-# a 16-bit base, on the H100). TRL's activation offloading buys the same memory with copies to and
-# from CPU memory, overlapped with compute on a second CUDA stream: the candidates for a recipe
-# that meets both targets (3.5 GiB and 1.3x), measured by ``memory_bench --grid targets``.
+# a 16-bit base, on the H100). TRL's activation offloading buys the same memory with copies to
+# CPU memory (overlapped with the forward pass on a second CUDA stream) and back (which the
+# backward pass waits for): the candidates for a recipe that meets both targets (3.5 GiB and
+# 1.3x), measured by ``memory_bench --grid targets``.
 OFFLOAD_ALTERNATIVES: list[tuple[str, dict]] = [
     ("TRL defaults + activation offloading", dict(method="qlora_trl", act_offload=True)),
     ("recipe, offloading instead of checkpointing",
