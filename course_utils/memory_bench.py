@@ -49,6 +49,7 @@ REPRODUCE = ("python -m course_utils.memory_bench --grid course --resume "
 VERSION_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes",
                     "liger-kernel", "unsloth")
 CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
+FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 COLUMNS = (["status", "label", "backend", "device", "gpu", "versions"]
            + [c for c in CONFIG_FIELDS if c != "shape"] + ["shape", "liger_used"]
            + ["peak_alloc_mib", "peak_reserved_mib", "device_used_mib", "cpu_peak_alloc_mib",
@@ -150,7 +151,7 @@ def _parse_value(name, value):
     if name not in CONFIG_FIELDS:
         return value
     if value in ("", "None", None):
-        return None
+        return FIELD_DEFAULTS[name]  # also a column the table predates (act_offload: False)
     if name in ("seq_len", "batch", "lora_r", "layers"):
         return int(float(value))
     if name == "lora_dropout":
@@ -183,11 +184,7 @@ def read_table(path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:  # measurement tables written before the act_offload column: none offloaded
-        if "method" in row and row.get("act_offload") in (None, ""):
-            row["act_offload"] = "False"
-    return rows
+        return list(csv.DictReader(fh))
 
 
 def write_table(rows: list[dict], path, columns=COLUMNS) -> None:
