@@ -267,6 +267,53 @@ def test_shipped_table_is_honest():
     assert (SHIPPED.parent / "memory_measurements.md").exists()
 
 
+def test_docs_state_what_the_shipped_table_holds():
+    """The README, memory_measurements.md and notebook 05 quote the shipped table: how many rows
+    are measured, and the headline figures at Llama-3.2-3B. Re-measuring a row (or measuring the
+    rest on a GPU) fails here until the text says what the table now says."""
+    import json
+
+    rows = B.read_table(SHIPPED)
+    n_measured = sum(r["status"] == "measured" for r in rows)
+    n_unmeasured = sum(r["status"] == "not measured" for r in rows)
+    root = SHIPPED.parents[2]
+    nb = json.loads((root / "solutions" / "05_qlora_memory.ipynb").read_text())
+    # line breaks fall anywhere in prose: compare with all whitespace runs made single spaces
+    readme, details, notebook = (" ".join(text.split()) for text in (
+        (root / "README.md").read_text(), (SHIPPED.parent / "memory_measurements.md").read_text(),
+        " ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")))
+    assert f"{n_measured} of {len(rows)} rows measured" in readme
+    assert f"{n_unmeasured} still estimated" in readme
+    assert f"**{n_measured} of the {len(rows)} rows are measured**" in details
+    assert f"The other {n_unmeasured} rows say `not measured`" in details
+
+    def row(method, **kw):
+        r = B.find_row(M.TrainConfig(shape="Llama-3.2-3B", method=method, **kw))
+        assert r and r["status"] == "measured", (method, kw)
+        return float(r["peak_alloc_mib"]), float(r["step_ms"])
+
+    lora_mib, lora_ms = row("lora16")
+    hf_mib, hf_ms = row("qlora_hf")
+    trl_mib, trl_ms = row("qlora_trl", grad_ckpt=False)
+    ckpt_mib, ckpt_ms = row("qlora_trl", grad_ckpt=True)
+    recipe_mib, recipe_ms = row("qlora_recipe")
+    headline = [f"{lora_mib:,.0f} MiB | {lora_ms:.0f} ms"]
+    for mib, ms in [(hf_mib, hf_ms), (trl_mib, trl_ms), (ckpt_mib, ckpt_ms)]:
+        headline.append(f"{mib:,.0f} MiB | {ms:.0f} ms ({ms / lora_ms:.2f}×)")
+    headline.append(f"**{recipe_mib:,.0f} MiB ({recipe_mib / 1024:.2f} GiB)** | {recipe_ms:.0f} ms "
+                    f"({recipe_ms / lora_ms:.2f}×)")
+    for text in headline:
+        assert text in details, text
+    gib = f"{recipe_mib / 1024:.2f} GiB, against {hf_mib / 1024:.2f} GiB"
+    assert gib in readme
+    assert f"measured {recipe_mib / 1024:.2f} GiB on an H100 against {hf_mib / 1024:.2f} GiB" in notebook
+    for text in [f"HF defaults {hf_mib:,.0f} MiB", f"**{recipe_mib:,.0f} MiB ({recipe_mib / 1024:.2f} GiB)**",
+                 f"The recipe's step took {recipe_ms:.0f} ms, **{recipe_ms / lora_ms:.2f}×**",
+                 f"({lora_ms:.0f} ms)", f"stays at {trl_ms / lora_ms:.2f}× ({trl_ms:.0f} ms) for {trl_mib:,.0f} MiB",
+                 f"({ckpt_ms:.0f} against {trl_ms:.0f} ms)"]:
+        assert text in notebook, text
+
+
 @pytest.mark.gpu
 def test_gpu_measurement_meets_the_estimate():
     cfg = M.TrainConfig(shape="SmolLM2-135M", method="qlora_recipe", seq_len=512)
