@@ -310,8 +310,18 @@ def test_docs_state_what_the_shipped_table_holds():
     for text in [f"HF defaults {hf_mib:,.0f} MiB", f"**{recipe_mib:,.0f} MiB ({recipe_mib / 1024:.2f} GiB)**",
                  f"The recipe's step took {recipe_ms:.0f} ms, **{recipe_ms / lora_ms:.2f}×**",
                  f"({lora_ms:.0f} ms)", f"stays at {trl_ms / lora_ms:.2f}× ({trl_ms:.0f} ms) for {trl_mib:,.0f} MiB",
-                 f"({ckpt_ms:.0f} against {trl_ms:.0f} ms)"]:
+                 f"({ckpt_ms:.0f} against {trl_ms:.0f} ms)", f"The last {recipe_ms - ckpt_ms:.0f} ms"]:
         assert text in notebook, text
+    # the walk's measured steps, checkpointing's cost for LoRA, and the mixing table's full fine-tune
+    walk = [B.measured(B.find_row(cfg), "peak_alloc_mib") for _, cfg in M.recipe_walk_configs(
+        "meta-llama/Llama-3.2-3B", seq_len=512, batch=1)]
+    assert f"without the fp32 upcast {walk[1]:,.0f} MiB; with TRL's chunked loss {walk[2]:,.0f} MiB" in notebook
+    lora_ckpt_ms = float(B.find_row(M.TrainConfig(shape="Llama-3.2-3B", method="lora16", grad_ckpt=True))["step_ms"])
+    assert (f"{lora_ckpt_ms / lora_ms:.2f}× slower for LoRA ({lora_ckpt_ms:.0f} against {lora_ms:.0f} ms) and "
+            f"{ckpt_ms / trl_ms:.2f}× for QLoRA") in notebook
+    full, full_ckpt, full_8bit = (B.measured(B.find_row(cfg), "peak_alloc_mib") for _, cfg in B.mix_configs()[:3])
+    assert (f"checkpointing saved only {full - full_ckpt:,.0f} MiB on the H100 ({full:,.0f} to {full_ckpt:,.0f} MiB), "
+            f"8-bit AdamW another {full_ckpt - full_8bit:,.0f} MiB") in notebook
 
 
 @pytest.mark.gpu
