@@ -81,3 +81,33 @@ def test_machine_never_opens_cuda_in_the_timer():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_readme_cpu_column_is_the_shipped_timing_runs():
+    """The README's full-mode CPU column quotes each notebook's latest run in
+    course_utils/data/notebook_timings_cpu.csv (timing's own output): whole-notebook time and the
+    kernel's peak RAM. A new run that is shipped without updating the README fails here."""
+    import re
+    from pathlib import Path
+
+    root = Path(timing.__file__).resolve().parents[1]
+    with open(root / "course_utils" / "data" / "notebook_timings_cpu.csv", newline="") as fh:
+        runs = list(csv.DictReader(fh))
+    assert runs and set(timing.COLUMNS) <= set(runs[0])
+    latest = {}
+    for r in sorted(runs, key=lambda r: r["measured_at"]):
+        assert r["mode"] == "full" and r["status"] == "ok" and not r["gpu"], r["notebook"]
+        latest[r["notebook"]] = r
+    table = [line.split(" | ") for line in (root / "README.md").read_text().splitlines()
+             if re.match(r"\| 0\d \| \[", line)]
+    assert len(table) == len(sorted(root.glob("solutions/0*.ipynb")))
+    for cells in table:
+        link = re.search(r"notebooks/(0\d_\w+\.ipynb)", cells[1]).group(1)
+        cpu = cells[-1]
+        if link not in latest:
+            assert "not measured" in cpu, link
+            continue
+        r = latest[link]
+        seconds, gib = float(r["seconds"]), float(r["kernel_peak_rss_mib"]) / 1024
+        whole = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+        assert cpu.startswith(whole) and f"{gib:.1f} GiB" in cpu, (link, cpu, whole, f"{gib:.1f} GiB")
