@@ -66,3 +66,19 @@ def test_no_notebook_installs_a_different_version_of_a_pinned_package(root):
                         for name, version in re.findall(r"([A-Za-z0-9_.-]+)==([^\s\"']+)", line):
                             if name in pins:
                                 assert version == pins[name], f"{folder}/{path.name}: {name}=={version} but requirements.txt pins {pins[name]}"
+
+
+def test_python_floor_is_the_pinned_stack_s(root):
+    """pyproject.toml's requires-python and the README's "Python 3.N+" name the oldest Python every
+    pinned package supports (trl 1.16, pandas 3, matplotlib 3.11 and ipykernel 7 need 3.11): a
+    student on an older Python must learn it from the README, not from a resolver error."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    pins = {**_pins(root / "requirements.txt"), **_pins(root / "requirements-dev.txt")}
+    specs = {name: SpecifierSet(metadata.metadata(name).get("Requires-Python") or "") for name in pins}
+    floor = next(minor for minor in range(8, 30) if all(Version(f"3.{minor}") in s for s in specs.values()))
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == f">=3.{floor}", {n: str(s) for n, s in specs.items() if str(s)}
+    assert f"(Python 3.{floor}+;" in (root / "README.md").read_text()
