@@ -83,14 +83,12 @@ def test_machine_never_opens_cuda_in_the_timer():
     assert out.stdout.strip() == "False"
 
 
-def test_readme_cpu_column_is_the_shipped_timing_runs():
+def test_readme_cpu_column_is_the_shipped_timing_runs(root):
     """The README's full-mode CPU column quotes each notebook's latest run in
     course_utils/data/notebook_timings_cpu.csv (timing's own output): whole-notebook time and the
     kernel's peak RAM. A new run that is shipped without updating the README fails here."""
     import re
-    from pathlib import Path
 
-    root = Path(timing.__file__).resolve().parents[1]
     with open(root / "course_utils" / "data" / "notebook_timings_cpu.csv", newline="") as fh:
         runs = list(csv.DictReader(fh))
     assert runs and set(timing.COLUMNS) <= set(runs[0])
