@@ -566,6 +566,9 @@ class MemoryEstimate:
     phase: str = ""
     device: str = "cuda"
     flash_attention: bool = True
+    # What each phase of the step holds besides the weights and optimizer states; ``parts`` takes
+    # the largest. ``course_utils.sharding`` re-picks it once the model states are split.
+    phases: dict = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> float:
@@ -727,7 +730,7 @@ def estimate_training_memory(config: TrainConfig | str | None = None, *, device:
     if device == "cuda":
         parts["CUDA workspaces (assumed)"] = CUDA_WORKSPACE_BYTES
     return MemoryEstimate(config=cfg, parts=parts, paged_bytes=opt["paged"], phase=phase, device=device,
-                          flash_attention=flash_attention)
+                          flash_attention=flash_attention, phases=phases)
 
 
 def estimate_mib(config: TrainConfig, device: str = "cuda") -> float:
