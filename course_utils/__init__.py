@@ -5,7 +5,8 @@ the offline fallback, batched greedy generation), ``hub`` (is the hub there; hub
 project's sample), ``checks`` (self-checks and hidden probes), ``shapes`` (published model
 shapes), ``build`` (solutions -> student and Colab notebooks), ``grade`` (the grader). One module
 per notebook topic: ``chat`` (01), ``pig_latin`` and ``collators`` (02), ``yoda`` (03), ``lora``
-(04), ``memory`` and ``memory_bench`` (05), ``dpo`` (06), ``instruct`` (07).
+(04), ``memory`` and ``memory_bench`` (05), ``dpo`` (06), ``instruct`` (07), ``sharding`` and
+``launch`` (09).
 """
 from .checks import CheckFailed, check_close, check_equal, check_true, checking, probe
 from .mode import (Env, for_mode, has_cuda, is_reduced, needs_gpu, output_dir, pick_device, pick_dtype,

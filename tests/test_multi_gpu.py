@@ -35,6 +35,7 @@ from course_utils import launch
 ROOT = Path(__file__).resolve().parent.parent
 MULTI = ROOT / "course_utils" / "data" / "multi_gpu"
 SFT_YAML = MULTI / "sft_yoda.yaml"
+SHIPPED = ROOT / "course_utils" / "data" / "multi_gpu_cpu.json"  # one run of this file, with its machine
 # Every shipped accelerate config and the distributed type it claims.
 ACCELERATE_YAMLS = {"ddp.yaml": "MULTI_GPU", "fsdp2.yaml": "FSDP", "fsdp2_offload.yaml": "FSDP",
                     "zero3.yaml": "DEEPSPEED", "zero3_offload.yaml": "DEEPSPEED"}
@@ -78,8 +79,14 @@ def _run(cmd: list[str], name: str) -> float:
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
+    """Where the runs write; at the end, ``measured.json`` holds what they measured with the machine
+    and versions (the shape of ``course_utils/data/multi_gpu_cpu.json``, which ships one such run)."""
+    from course_utils import timing
+
     path = tmp_path_factory.mktemp("multi_gpu")
     yield path
+    MEASURED.update(machine=timing.machine(), versions=timing.versions(),
+                    measured_at=time.strftime("%Y-%m-%d"), steps=STEPS, per_device_batch=BATCH, max_length=MAX_LENGTH)
     (path / "measured.json").write_text(json.dumps(MEASURED, indent=1))
     print(f"\nmulti_gpu measured: {json.dumps(MEASURED)}")
 
@@ -271,16 +278,17 @@ def test_accelerate_fsdp_is_plain_ddp_on_cpu(tmp_path):
     Trainer's Accelerator(cpu=True) MULTI_CPU (data parallel), not FSDP. If this fails, accelerate
     shards on CPUs now: launch the recipe with fsdp2.yaml in the FSDP test instead."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from accelerate import Accelerator\n"
+    probe.write_text("import sys\nfrom pathlib import Path\nfrom accelerate import Accelerator\n"
                      "a = Accelerator(cpu=True)\n"
-                     "print('PROBE', a.process_index, a.num_processes, a.distributed_type, flush=True)\n")
+                     "Path(sys.argv[1], f'rank{a.process_index}').write_text(f'{a.num_processes} {a.distributed_type}')\n")
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                            str(MULTI / "accelerate" / "fsdp2.yaml"), "--num_processes", "2",
-                           "--main_process_port", str(launch.free_port()), str(probe)],
+                           "--main_process_port", str(launch.free_port()), str(probe), str(tmp_path)],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("PROBE"))
-    assert seen == [["0", "2", "DistributedType.MULTI_CPU"], ["1", "2", "DistributedType.MULTI_CPU"]], proc.stdout
+    output = (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, output
+    seen = {p.name: p.read_text() for p in sorted(tmp_path.glob("rank*"))}
+    assert seen == {"rank0": "2 DistributedType.MULTI_CPU", "rank1": "2 DistributedType.MULTI_CPU"}, output
 
 
 def test_fsdp_shards_half_of_each_kind_per_rank(fsdp):
@@ -299,6 +307,10 @@ def test_fsdp_shards_half_of_each_kind_per_rank(fsdp):
         slack = SHARD_RTOL * total / 2 + ranks[0][{"optimizer_states": "trainable_params"}.get(kind, kind)]["max_row"]
         for r in ranks:
             assert abs(r[kind]["local"] - total / 2) <= slack, f"rank {r['rank']} holds {r[kind]['local']} of {total}"
+    # the byte counts do not depend on the machine: the shipped run (which CONTRIBUTING.md quotes) holds them
+    shipped = json.loads(SHIPPED.read_text())
+    assert shipped["fsdp_bytes_total"] == MEASURED["fsdp_bytes_total"]
+    assert {int(k): v for k, v in shipped["fsdp_bytes"].items()} == MEASURED["fsdp_bytes"]
     frozen, trainable = ranks[0]["frozen_params"]["total"], ranks[0]["trainable_params"]["total"]
     assert trainable < 0.1 * frozen, "LoRA: the trainable weights are a small part of the model"
     # AdamW keeps two states (exp_avg, exp_avg_sq) per trainable parameter and none for frozen ones
@@ -338,3 +350,14 @@ def test_sft_command_refuses_bad_arguments(kwargs, match):
 def test_log_history_says_how_to_get_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="--save_strategy steps --save_steps 3"):
         launch.log_history(tmp_path, 3)
+
+
+def test_contributing_quotes_the_shipped_run(root):
+    """CONTRIBUTING.md's "Several GPUs" figures are the shipped run's (bytes per rank of the total, MiB)."""
+    shipped = json.loads(SHIPPED.read_text())
+    text = " ".join((root / "CONTRIBUTING.md").read_text().split())
+    for kind in ("frozen_params", "trainable_params", "optimizer_states"):
+        half, total = shipped["fsdp_bytes"]["0"][kind] / 2 ** 20, shipped["fsdp_bytes_total"][kind] / 2 ** 20
+        assert f"{half:.1f} of {total:.1f} MiB" in text, kind
+    assert shipped["ddp_vs_single_max_rel_diff_loss"] == 0.0 and "bit-identical" in text
+    assert shipped["machine"]["cpu_count"] == 2 and "torch=2.13.0" in shipped["versions"]

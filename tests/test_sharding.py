@@ -1,5 +1,7 @@
 """Per-GPU memory under DDP, ZeRO and FSDP (course_utils.sharding): the ZeRO paper's own figures,
 hand-derived splits of the one-GPU estimate, the one-GPU estimate at N = 1, and the GPU counts."""
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -147,6 +149,9 @@ def test_the_reserve_is_the_largest_gap_the_shipped_table_measured():
     gaps = rows["device_used_mib"] - rows["peak_alloc_mib"]
     assert sharding.device_reserve_bytes() == pytest.approx(gaps.max() * 2 ** 20)
     assert gaps.min() > 0  # the device always holds more than PyTorch allocated
+    contributing = " ".join((Path(__file__).resolve().parent.parent / "CONTRIBUTING.md").read_text().split())
+    assert f"in the shipped measurements ({gaps.max():,.0f} MiB on the H100)" in contributing
+    assert set(rows["gpu"]) == {"NVIDIA H100 80GB HBM3"}
 
 
 @pytest.mark.parametrize("strategy", ["zero3", "zero2"])
