@@ -2,17 +2,26 @@
 
     python -m course_utils.build            # write notebooks/ and colab/, strip solution outputs
     python -m course_utils.build --check    # exit 1 naming every file that is out of date
+    python -m course_utils.build --repository OWNER/NAME [--ref REF]   # a fork: rename, then build
 
 Student copies: each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region becomes a stub that
 raises ``NotImplementedError`` (markdown: "YOUR ANSWER HERE"), ``### BEGIN HIDDEN TESTS`` ...
 ``### END HIDDEN TESTS`` regions are removed, outputs and widget state are cleared. Colab copies
 also get an "Open in Colab" badge, an install cell derived from requirements.txt and Colab GPU
 metadata.
+
+The repository and ref (branch or tag) the Colab badges and install cells name come from
+pyproject.toml's ``[tool.course_utils]``. The build also owns README.md's links into the
+workbook's own folders (``colab/``, ``notebooks/``, ``solutions/`` on github.com or Colab, under
+any owner, name and ref): it rewrites them from those keys, and ``--check`` names a README that
+disagrees. ``--repository`` / ``--ref`` first set those keys (and ``[project.urls]``), turning
+every ``github.com/OLD`` link of pyproject.toml and README.md into the new name.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -148,6 +157,148 @@ def repository_settings(root: Path) -> dict:
     return data["tool"]["course_utils"]
 
 
+# GitHub's rules: an owner (user or organisation) is 1-39 letters, digits and hyphens, not starting
+# or ending with a hyphen; a repository name is 1-100 letters, digits, '.', '-' and '_'.
+OWNER_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?")
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+# A ref (branch, tag or commit) that git accepts and that a URL and a pip `git+...@REF` carry as is.
+REF_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
+
+
+def validate_repository(repository: str) -> str:
+    """``OWNER/NAME`` as GitHub allows it; ValueError saying what is wrong otherwise."""
+    where = f"--repository {repository!r}"
+    owner, slash, name = repository.partition("/")
+    if not slash or "/" in name or not owner or not name:
+        raise ValueError(f"{where}: expected OWNER/NAME, e.g. my-org/workbook")
+    if not OWNER_RE.fullmatch(owner):
+        raise ValueError(f"{where}: the owner {owner!r} must be 1-39 letters, digits or hyphens, "
+                         "not starting or ending with a hyphen (GitHub's rule)")
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"{where}: the name {name!r} must be 1-100 letters, digits, '.', '-' or '_' "
+                         "(GitHub's rule), and not '.' or '..'")
+    if name.lower().endswith(".git"):
+        raise ValueError(f"{where}: drop the '.git' suffix (GitHub names the repository {name[:-4]!r})")
+    return repository
+
+
+def validate_ref(ref: str) -> str:
+    """A branch, tag or commit name for badges and install cells; ValueError saying what is wrong."""
+    where = f"--ref {ref!r}"
+    if not ref:
+        raise ValueError(f"{where}: the ref is empty")
+    bad = sorted(set(REF_CHARS.sub("", ref)))
+    if bad:
+        raise ValueError(f"{where}: a ref may hold only letters, digits, '.', '_', '-' and '/' "
+                         f"(found {' '.join(repr(c) for c in bad)})")
+    if len(ref) > 255:
+        raise ValueError(f"{where}: longer than 255 characters")
+    if ref.startswith(("-", "/")) or ref.endswith(("/", ".")) or "//" in ref or ".." in ref:
+        raise ValueError(f"{where}: git refuses a ref that starts with '-' or '/', ends with '/' or '.', "
+                         "or holds '//' or '..'")
+    for part in ref.split("/"):
+        if part.startswith(".") or part.endswith(".lock"):
+            raise ValueError(f"{where}: git refuses a ref part that starts with '.' or ends with '.lock' "
+                             f"({part!r})")
+    return ref
+
+
+_HOST = r"(?P<host>https?://(?:colab\.research\.google\.com/github|github\.com))/"
+# Links into the workbook's own folders, under any owner, name and ref: the build writes them.
+OWN_LINK = re.compile(_HOST + r"(?P<repo>[A-Za-z0-9-]+/[A-Za-z0-9._-]+)/(?P<kind>blob|tree)/"
+                      r"(?P<ref>[^\s()<>\[\]\"']+?)/(?P<folder>(?:colab|notebooks|solutions)/)")
+
+
+def rename_links(text: str, old: str, old_ref: str, new: str, ref: str) -> str:
+    """Every ``github.com/OLD`` (or Colab ``.../github/OLD``) link of ``text`` renamed ``NEW``;
+    ``/blob/OLD_REF/``, ``/tree/OLD_REF/`` and a pip ``@OLD_REF`` become ``REF`` (other refs stay)."""
+    pattern = re.compile(
+        _HOST + f"(?P<repo>{re.escape(old)})"
+        + rf"(?P<rest>/(?P<kind>blob|tree)/{re.escape(old_ref)}/|@{re.escape(old_ref)}(?![A-Za-z0-9._/-])"
+        + r"|(?=\.git\b|[^A-Za-z0-9._-]|$))", re.IGNORECASE)
+
+    def sub(m):
+        rest = m["rest"]
+        if m["kind"]:
+            rest = f"/{m['kind']}/{ref}/"
+        elif rest.startswith("@"):
+            rest = f"@{ref}"
+        return f"{m['host']}/{new}{rest}"
+
+    return pattern.sub(sub, text)
+
+
+def readme_text(text: str, repository: str, branch: str, previous: tuple = ()) -> str:
+    """README.md with its links into ``colab/``, ``notebooks/`` and ``solutions/`` naming
+    ``repository`` at ``branch``, after renaming each ``(old, old_ref)`` of ``previous``."""
+    for old, old_ref in previous:
+        text = rename_links(text, old, old_ref, repository, branch)
+    return OWN_LINK.sub(lambda m: f"{m['host']}/{repository}/{m['kind']}/{branch}/{m['folder']}", text)
+
+
+def _section(text: str, header: str) -> tuple[int, int] | None:
+    """Start and end offsets of a TOML table's body (``[header]`` to the next table)."""
+    m = re.search(rf"^\[{re.escape(header)}\][ \t]*(?:#.*)?$", text, re.MULTILINE)
+    if m is None:
+        return None
+    nxt = re.search(r"^\[", text[m.end():], re.MULTILINE)
+    return m.end(), m.end() + nxt.start() if nxt else len(text)
+
+
+def _set_key(text: str, header: str, key: str, value: str) -> str:
+    span = _section(text, header)
+    line = re.compile(rf'^([ \t]*{re.escape(key)}[ \t]*=[ \t]*)"[^"\n]*"', re.MULTILINE)
+    if span is None or not line.search(text, *span):
+        raise ValueError(f'pyproject.toml: [{header}] has no `{key} = "..."` line to rewrite')
+    start, end = span
+    return text[:start] + line.sub(lambda m: f'{m[1]}"{value}"', text[start:end], count=1) + text[end:]
+
+
+def forked_pyproject(root: Path, repository: str | None, ref: str | None) -> tuple[str, dict, tuple]:
+    """pyproject.toml's new text naming ``repository`` at ``ref`` (None: keep that one), its
+    ``[tool.course_utils]`` settings, and the ``(old, old_ref)`` names its links used to have.
+    Validates both first; raises ValueError, writing nothing."""
+    import tomllib
+
+    if repository is not None:
+        validate_repository(repository)
+    if ref is not None:
+        validate_ref(ref)
+    text = (root / "pyproject.toml").read_text()
+    data = tomllib.loads(text)
+    settings = data.get("tool", {}).get("course_utils", {})
+    old, old_ref = settings.get("repository"), settings.get("branch")
+    if not old or not old_ref:
+        raise ValueError("pyproject.toml: [tool.course_utils] needs `repository` and `branch`")
+    repository, ref = repository or old, ref or old_ref
+    previous = [(old, old_ref)]
+    url = data.get("project", {}).get("urls", {}).get("Repository", "")
+    m = re.fullmatch(r"https?://github\.com/([^/]+/[^/]+?)(?:\.git)?/?", url)
+    if m and m[1].lower() != old.lower():
+        previous.append((m[1], old_ref))
+    for name, name_ref in previous:
+        text = rename_links(text, name, name_ref, repository, ref)
+    text = _set_key(text, "tool.course_utils", "repository", repository)
+    text = _set_key(text, "tool.course_utils", "branch", ref)
+    if url:
+        text = _set_key(text, "project.urls", "Repository", f"https://github.com/{repository}")
+    new = tomllib.loads(text)["tool"]["course_utils"]
+    if (new["repository"], new["branch"]) != (repository, ref):
+        raise ValueError(f"pyproject.toml: rewriting [tool.course_utils] gave {new}; edit it by hand")
+    return text, new, tuple(previous)
+
+
+def _repository_url_problem(root: Path, settings: dict) -> str | None:
+    import tomllib
+
+    url = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {}).get("urls", {}).get("Repository")
+    want = f"https://github.com/{settings['repository']}"
+    if url is not None and url.rstrip("/") != want:
+        return (f"pyproject.toml: [project.urls] Repository is {url}, [tool.course_utils] names "
+                f"{settings['repository']}: run `python -m course_utils.build --repository {settings['repository']}`")
+    return None
+
+
 def colab_requirements(requirements_text: str) -> list[str]:
     """Pinned requirement lines for Colab: every line of requirements.txt but comments, blank
     lines and lines marked ``# not on colab``."""
@@ -210,11 +361,19 @@ def find_root(start: Path | None = None) -> Path:
     raise SystemExit("Run this from the workbook's root folder (the one holding solutions/).")
 
 
-def expected_files(root: Path) -> dict[Path, str]:
-    """Every generated file and the text the build would write into it."""
-    settings = repository_settings(root)
+README = "README.md"
+
+
+def expected_files(root: Path, settings: dict | None = None, previous: tuple = ()) -> dict[Path, str]:
+    """Every generated file and the text the build would write into it: the student and Colab
+    copies, and README.md with its links to the workbook from ``settings`` (default: pyproject's)."""
+    settings = settings or repository_settings(root)
     requirements = (root / "requirements.txt").read_text()
     files = {}
+    readme = root / README
+    if readme.exists():
+        text = readme.read_text()
+        files[readme] = readme_text(text, settings["repository"], settings["branch"], previous)
     for path in sorted((root / SOLUTION_DIR).glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         stem = path.stem
@@ -229,10 +388,22 @@ def check(root: Path) -> list[str]:
     for path in sorted((root / SOLUTION_DIR).glob("*.ipynb")):
         if has_outputs(nbformat.read(path, as_version=4)):
             problems.append(f"{path.relative_to(root)} has outputs: run `python -m course_utils.build` to strip them")
-    expected = expected_files(root)
+    settings = repository_settings(root)
+    url_problem = _repository_url_problem(root, settings)
+    if url_problem:
+        problems.append(url_problem)
+    expected = expected_files(root, settings)
     for path, text in expected.items():
         rel = path.relative_to(root)
-        if not path.exists():
+        if path == root / README:
+            if path.read_text() != text:
+                old, new = path.read_text().splitlines(), text.splitlines()
+                lines = [str(i + 1) for i, (a, b) in enumerate(zip(old, new)) if a != b]
+                problems.append(
+                    f"{README} links the workbook under another name or ref than pyproject.toml's "
+                    f"{settings['repository']} at {settings['branch']} (line {', '.join(lines[:5])}"
+                    f"{', ...' if len(lines) > 5 else ''}): run `python -m course_utils.build`")
+        elif not path.exists():
             problems.append(f"{rel} is missing")
         elif path.read_text() != text:
             problems.append(f"{rel} is not up to date with {SOLUTION_DIR}/{path.name}")
@@ -243,14 +414,14 @@ def check(root: Path) -> list[str]:
     return problems
 
 
-def build(root: Path) -> list[str]:
+def build(root: Path, expected: dict[Path, str] | None = None) -> list[str]:
+    expected = expected_files(root) if expected is None else expected  # raises before any write
     written = []
     for path in sorted((root / SOLUTION_DIR).glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         if has_outputs(nb) or "widgets" in nb.metadata:
             path.write_text(_dumps(strip_outputs(nb)))
             written.append(f"stripped outputs of {path.relative_to(root)}")
-    expected = expected_files(root)
     for path, text in expected.items():
         path.parent.mkdir(exist_ok=True)
         if not path.exists() or path.read_text() != text:
@@ -270,17 +441,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 naming each file that differs from a build")
     parser.add_argument("--root", type=Path, default=None, help="workbook root (default: here)")
+    parser.add_argument("--repository", metavar="OWNER/NAME", default=None,
+                        help="a fork: set pyproject.toml's [tool.course_utils] repository (and "
+                             "[project.urls]), rename README.md's links, then build")
+    parser.add_argument("--ref", metavar="REF", default=None,
+                        help="the branch, tag or commit badges and install cells name (default: "
+                             "pyproject.toml's current `branch`; alone, it changes only that)")
     args = parser.parse_args(argv)
+    if args.check and (args.repository is not None or args.ref is not None):
+        parser.error("--check writes nothing: run --repository/--ref without it, then --check")
     root = find_root(args.root)
     try:
+        if args.repository is not None or args.ref is not None:
+            text, settings, previous = forked_pyproject(root, args.repository, args.ref)
+            expected = expected_files(root, settings, previous)  # a broken solution stops it here
+            pyproject = root / "pyproject.toml"
+            if pyproject.read_text() != text:
+                pyproject.write_text(text)
+                print(f"wrote pyproject.toml: {settings['repository']} at {settings['branch']}")
+            for line in build(root, expected) or ["nothing else to do: everything is up to date"]:
+                print(line)
+            return 0
         if args.check:
             problems = check(root)
             for p in problems:
                 print(p)
             if problems:
-                print(f"{len(problems)} generated file(s) out of date: run `python -m course_utils.build`.")
+                print(f"{len(problems)} problem(s): run `python -m course_utils.build` (or the command named above).")
                 return 1
-            print("notebooks/ and colab/ are up to date with solutions/.")
+            print("notebooks/ and colab/ are up to date with solutions/, README.md's links with pyproject.toml.")
             return 0
         for line in build(root) or ["nothing to do: everything is up to date"]:
             print(line)

@@ -6,7 +6,7 @@
 SUBMISSION is a notebook or a folder of notebooks. Name files ``STUDENT__anything.ipynb`` (two
 underscores), or put each student's notebook in a folder named after the student.
 
-How a submission is graded (DESIGN.md, "Exercises, solutions, grading"):
+How a submission is graded (CONTRIBUTING.md, "Exercises" > "How the grader uses them"):
 
 1. The reference: the assignment's solution notebook runs once per grading run in a fresh kernel
    and a temporary folder; its hidden tests (``cu.probe``) record the reference values, which the

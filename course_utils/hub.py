@@ -1,5 +1,5 @@
 """Whether the Hugging Face hub answers, and loading a hub data set with the project's own sample
-as the offline stand-in (DESIGN.md: reduced mode, or a machine without the hub)."""
+as the offline stand-in (CONTRIBUTING.md, "Models and data" > "The offline fallback")."""
 from __future__ import annotations
 
 import os

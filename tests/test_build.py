@@ -151,3 +151,141 @@ def test_readme_links_point_at_existing_notebooks_and_the_configured_repository(
         assert (root / folder / name).exists(), f"README links {folder}/{name}, which does not exist"
     stems = {p.stem for p in (root / "solutions").glob("*.ipynb")}
     assert stems <= {name[:-6] for _, name in colab_links}, "a notebook has no row in the README table"
+
+
+OLD_REPOSITORY = "llm-finetuning-course/workbook"
+FORK, FORK_REF = "teach-lab-2027/llm.course_2027", "spring/v2.1"
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fork_names_the_new_repository_everywhere(tmp_path, root, capsys):
+    import re
+    import tomllib
+
+    # what find_root and the build read, and nothing else
+    for name in ("pyproject.toml", "README.md", "requirements.txt"):
+        shutil.copy(root / name, tmp_path / name)
+    for folder in ("solutions", "notebooks", "colab"):
+        shutil.copytree(root / folder, tmp_path / folder)
+    old = OLD_REPOSITORY.encode()
+    before = {name for name, data in _files(tmp_path).items() if old in data}
+    assert {"pyproject.toml", "README.md", "colab/01_chat_templates.ipynb"} <= before  # the test can fail
+
+    assert build.main(["--root", str(tmp_path), "--repository", FORK, "--ref", FORK_REF]) == 0, capsys.readouterr()
+    leftovers = [name for name, data in _files(tmp_path).items() if old.lower() in data.lower()]
+    assert leftovers == [], f"the old name is still in {leftovers}"
+
+    pyproject = tomllib.loads((tmp_path / "pyproject.toml").read_text())
+    assert pyproject["tool"]["course_utils"] == {"repository": FORK, "branch": FORK_REF}
+    assert pyproject["project"]["urls"]["Repository"] == f"https://github.com/{FORK}"
+    stems = sorted(p.stem for p in (tmp_path / "solutions").glob("*.ipynb"))
+    for stem in stems:
+        nb = nbformat.read(tmp_path / "colab" / f"{stem}.ipynb", as_version=4)
+        badge = f"(https://colab.research.google.com/github/{FORK}/blob/{FORK_REF}/colab/{stem}.ipynb)"
+        assert badge in nb.cells[0].source, f"colab/{stem}.ipynb: {nb.cells[0].source[:200]}"
+        install = [c for c in nb.cells if c.get("id") == build.INSTALL_ID]
+        assert len(install) == 1 and f'"course-utils @ git+https://github.com/{FORK}@{FORK_REF}"' in install[0].source
+    readme = (tmp_path / "README.md").read_text()
+    links = re.findall(r"colab\.research\.google\.com/github/(.+?)/blob/(.+?)/colab/(\w+)\.ipynb", readme)
+    assert sorted(stem for *_, stem in links) == stems
+    assert {(repo, ref) for repo, ref, _ in links} == {(FORK, FORK_REF)}
+    capsys.readouterr()
+    assert build.main(["--root", str(tmp_path), "--check"]) == 0, capsys.readouterr().out
+
+
+def test_check_names_a_readme_linking_another_repository(workbook, capsys):
+    readme = workbook / "README.md"
+    trl = "[TRL](https://github.com/huggingface/trl/blob/main/README.md)"
+    readme.write_text(f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+                      f"(https://colab.research.google.com/github/someone/old-name/blob/dev/colab/09_demo.ipynb)\n"
+                      f"[solution](https://github.com/someone/old-name/tree/dev/solutions/)\n{trl}\n")
+    assert build.main(["--root", str(workbook)]) == 0
+    assert build.main(["--root", str(workbook), "--check"]) == 0
+    repo, branch = (build.repository_settings(workbook)[k] for k in ("repository", "branch"))
+    text = readme.read_text()
+    assert f"colab.research.google.com/github/{repo}/blob/{branch}/colab/09_demo.ipynb" in text
+    assert f"https://github.com/{repo}/tree/{branch}/solutions/" in text
+    assert "someone/old-name" not in text and trl in text  # another project's link is left alone
+    readme.write_text(text.replace(f"{repo}/blob/{branch}", "someone/old-name/blob/main"))
+    capsys.readouterr()
+    assert build.main(["--root", str(workbook), "--check"]) == 1
+    assert f"README.md links the workbook under another name or ref than pyproject.toml's {repo} at {branch} " \
+           "(line 1)" in capsys.readouterr().out
+    pyproject = workbook / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(f'Repository = "https://github.com/{repo}"',
+                                                       'Repository = "https://github.com/someone/else"'))
+    assert build.main(["--root", str(workbook), "--check"]) == 1
+    assert "[project.urls] Repository is https://github.com/someone/else" in capsys.readouterr().out
+    assert build.main(["--root", str(workbook), "--repository", repo]) == 0
+    assert build.main(["--root", str(workbook), "--check"]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repository", "workbook"], "expected OWNER/NAME"),
+    (["--repository", "org/course/extra"], "expected OWNER/NAME"),
+    (["--repository", "my_org/course"], "the owner 'my_org' must be 1-39 letters, digits or hyphens"),
+    (["--repository=-org/course"], "not starting or ending with a hyphen"),
+    (["--repository", "org-/course"], "not starting or ending with a hyphen"),
+    (["--repository", "o" * 40 + "/course"], "must be 1-39"),
+    (["--repository", "org/my course"], "the name 'my course' must be 1-100 letters, digits, '.', '-' or '_'"),
+    (["--repository", "org/" + "n" * 101], "must be 1-100"),
+    (["--repository", "org/.."], "not '.' or '..'"),
+    (["--repository", "org/course.git"], "drop the '.git' suffix"),
+    (["--repository", "org/course", "--ref", "spring 2027"], "a ref may hold only letters, digits"),
+    (["--repository", "org/course", "--ref", "v1@{0}"], "found '@' '{' '}'"),
+    (["--repository", "org/course", "--ref", "a..b"], "git refuses a ref"),
+    (["--repository", "org/course", "--ref=-rf"], "git refuses a ref"),
+    (["--repository", "org/course", "--ref", "main/"], "git refuses a ref"),
+    (["--repository", "org/course", "--ref", "topic.lock"], "ends with '.lock'"),
+    (["--repository", "org/course", "--ref", ""], "the ref is empty"),
+])
+def test_bad_fork_name_or_ref_is_refused_and_writes_nothing(workbook, capsys, args, message):
+    (workbook / "README.md").write_text(f"[x](https://colab.research.google.com/github/{OLD_REPOSITORY}/blob/main/colab/09_demo.ipynb)\n")
+    assert build.main(["--root", str(workbook)]) == 0
+    before = _files(workbook)
+    capsys.readouterr()
+    assert build.main(["--root", str(workbook), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --re") and message in err, err
+    assert _files(workbook) == before
+
+
+def test_fork_with_a_broken_solution_writes_nothing(workbook, capsys):
+    assert build.main(["--root", str(workbook)]) == 0
+    nbformat.write(_nb(nbformat.v4.new_code_cell("### BEGIN SOLUTION\nx = 1")), workbook / "solutions" / "09_demo.ipynb")
+    before = _files(workbook)
+    assert build.main(["--root", str(workbook), "--repository", "org/course"]) == 2
+    assert "solution region is never closed" in capsys.readouterr().err
+    assert _files(workbook) == before
+
+
+@pytest.mark.parametrize("repository", ["a/b", "a-b--c/.github", "o" * 39 + "/x_y.z-1", "A1/" + "n" * 100])
+def test_names_github_allows_are_accepted(repository):
+    assert build.validate_repository(repository) == repository
+
+
+@pytest.mark.parametrize("ref", ["main", "v2.1", "release/2027-spring", "feature_x", "0123abcd" * 5])
+def test_refs_git_allows_are_accepted(ref):
+    assert build.validate_ref(ref) == ref
+
+
+def test_fork_renames_every_link_to_the_old_name_and_no_other(workbook, capsys):
+    pyproject = workbook / "pyproject.toml"
+    text = pyproject.read_text()
+    line = f'Repository = "https://github.com/{OLD_REPOSITORY}"\n'
+    assert line in text
+    pyproject.write_text(text.replace(line, line + f'Issues = "https://github.com/{OLD_REPOSITORY}/issues"\n'
+                                      f'# pip install "git+https://github.com/{OLD_REPOSITORY}@main"\n'
+                                      f'Extras = "https://github.com/{OLD_REPOSITORY}-extras"\n'))
+    (workbook / "README.md").write_text(f"[tag](https://github.com/{OLD_REPOSITORY}/blob/v0.1/README.md) "
+                                        f"[head](https://github.com/{OLD_REPOSITORY}/blob/main/README.md)\n")
+    assert build.main(["--root", str(workbook), "--repository", FORK, "--ref", FORK_REF]) == 0, capsys.readouterr()
+    text = pyproject.read_text()
+    assert f'Issues = "https://github.com/{FORK}/issues"' in text
+    assert f'git+https://github.com/{FORK}@{FORK_REF}"' in text
+    assert f'Extras = "https://github.com/{OLD_REPOSITORY}-extras"' in text  # another repository
+    assert (workbook / "README.md").read_text() == (f"[tag](https://github.com/{FORK}/blob/v0.1/README.md) "
+                                                    f"[head](https://github.com/{FORK}/blob/{FORK_REF}/README.md)\n")
