@@ -139,7 +139,9 @@ class ShardedEstimate:
         return pd.DataFrame(rows)
 
     def __str__(self) -> str:
-        head = (f"{self.config.short_shape} {self.config.method} on {self.n_gpus} GPU(s), {self.strategy}"
+        alone = self.n_gpus == 1 and not (self.offload_optimizer or self.offload_params)
+        head = (f"{self.config.short_shape} {self.config.method} on "
+                + ("1 GPU" if alone else f"{self.n_gpus} GPU(s), {self.strategy}")
                 + (", optimizer offloaded" if self.offload_optimizer else "")
                 + (", parameters offloaded" if self.offload_params else "")
                 + f": {self.peak_bytes / MIB:,.0f} MiB per GPU at {self.phase}")
