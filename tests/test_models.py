@@ -121,3 +121,101 @@ def test_hub_check_sees_an_answering_endpoint(monkeypatch):
     with socket.create_server(("127.0.0.1", 0)) as server:
         monkeypatch.setenv("HF_ENDPOINT", f"https://127.0.0.1:{server.getsockname()[1]}")
         assert hub.reachable(timeout=1.0) is True
+
+
+# ------------------------------------------------------------------ the fallback never lies quietly
+def _http_error(status):
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx.Response(status, request=httpx.Request("HEAD", "https://huggingface.co/org/m/config.json"))
+    return HfHubHTTPError(f"HTTP {status}", response=response)
+
+
+@pytest.mark.parametrize("status, message", [(401, "HTTP 401"), (403, "lacks access"), (500, "server error"),
+                                             (503, "HTTP 503"), (429, "HTTP 429")])
+def test_a_hub_that_answers_with_an_error_says_so_instead_of_falling_back(monkeypatch, status, message):
+    """hf_hub_download turns a failed HEAD into LocalEntryNotFoundError (cause: the HTTP error)
+    when nothing is cached: only a missing network may fall back."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def refuse(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot find the requested files") from _http_error(status)
+
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    with pytest.raises(models.ModelUnavailable, match=message) as err:
+        cu.resolve_model_id("org/some-model")
+    if status >= 500 or status in (401, 403):
+        assert "HF_HUB_OFFLINE=1" in str(err.value)
+
+
+def test_no_answer_from_the_hub_falls_back(monkeypatch, tmp_path, capsys):
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def no_answer(*args, **kwargs):
+        raise LocalEntryNotFoundError("check your connection") from httpx.ConnectError("no route to host")
+
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_answer)
+    assert cu.resolve_model_id(cu.FALLBACK_ID) == str(models.fallback_model_dir())
+    out = capsys.readouterr().out
+    assert "Q4_1 GGUF" in out and "not the hub's bf16 weights" in out
+
+
+def test_a_bigger_model_replaced_offline_is_said_loudly(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    cu.resolve_model_id("HuggingFaceTB/SmolLM2-1.7B-Instruct")
+    out = capsys.readouterr().out
+    assert out.startswith("WARNING: HuggingFaceTB/SmolLM2-1.7B-Instruct (1.71B parameters) is not available")
+    assert "every figure below is the small model's" in out and out.count("\n") == 1
+
+
+def test_load_model_resolves_once(monkeypatch):
+    calls = []
+    real = models.resolve_model_id
+    monkeypatch.setattr(models, "resolve_model_id", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model, tok = cu.load_model(quiet=True)
+    assert len(calls) == 1
+    assert tok.name_or_path == model.name_or_path  # model and tokenizer from the same folder
+
+
+def test_the_converted_folder_remembers_its_gguf(tmp_path, monkeypatch):
+    import json
+
+    src, target = tmp_path / "m.gguf", tmp_path / "converted"
+    src.write_bytes(b"gguf v1")
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"")
+    assert not models._converted_from(target, src), "no stamp: convert"
+    stamp = models._gguf_stamp(src)
+    (target / models.STAMP).write_text(json.dumps(stamp))
+    monkeypatch.setattr(models, "_gguf_stamp", lambda *a, **k: pytest.fail("hashed although size and time match"))
+    assert models._converted_from(target, src)
+    monkeypatch.undo()
+    os_stat = src.stat()
+    import os
+
+    os.utime(src, ns=(os_stat.st_atime_ns, os_stat.st_mtime_ns + 10**9))  # touched, same bytes
+    assert models._converted_from(target, src)
+    assert json.loads((target / models.STAMP).read_text())["mtime_ns"] == src.stat().st_mtime_ns
+    src.write_bytes(b"gguf v2")  # another file: convert again
+    assert not models._converted_from(target, src)
+    (target / models.STAMP).write_text("not json")
+    assert not models._converted_from(target, src)
+
+
+def test_the_shipped_conversion_is_stamped_with_the_installed_gguf():
+    import json
+
+    stamp = json.loads((models.fallback_model_dir() / models.STAMP).read_text())
+    assert stamp["gguf"] == models.GGUF_FILE and stamp["size"] == models.gguf_path().stat().st_size
+    assert len(stamp["sha256"]) == 64
