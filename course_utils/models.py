@@ -251,6 +251,19 @@ def resolve_model_id(model_id: str = FALLBACK_ID, *, quiet: bool = False) -> str
     return str(path)
 
 
+def model_id_of(model, requested: str) -> str:
+    """The hub id of what ``load_model(requested)`` really loaded: ``FALLBACK_ID`` when it is the
+    offline folder, else ``requested``. Name figures measured on ``model`` after this, not after
+    ``requested``: offline in full mode they differ (a 1.7B model asked for, the 135M one loaded)."""
+    path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
+    fallback = cache_dir() / "SmolLM2-135M-Instruct"
+    try:
+        same = bool(path) and Path(path).resolve() == fallback.resolve()
+    except OSError:
+        same = False
+    return FALLBACK_ID if same else requested
+
+
 def _tokenizer_from(path: str):
     from transformers import AutoTokenizer
 

@@ -219,3 +219,13 @@ def test_the_shipped_conversion_is_stamped_with_the_installed_gguf():
     stamp = json.loads((models.fallback_model_dir() / models.STAMP).read_text())
     assert stamp["gguf"] == models.GGUF_FILE and stamp["size"] == models.gguf_path().stat().st_size
     assert len(stamp["sha256"]) == 64
+
+
+def test_model_id_of_names_what_was_really_loaded(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    model, _ = cu.load_model("HuggingFaceTB/SmolLM2-1.7B-Instruct", quiet=True)
+    assert models.model_id_of(model, "HuggingFaceTB/SmolLM2-1.7B-Instruct") == cu.FALLBACK_ID
+    other = cu.load_architecture("HuggingFaceTB/SmolLM2-360M")
+    assert models.model_id_of(other, "HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB/SmolLM2-360M"
