@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .memory import (DTYPE_BYTES, GIB, MIB, MemoryEstimate, TrainConfig, bytes_per_param, count_parameters,
-                     estimate_training_memory, lora_parameters)
+from .memory import (DTYPE_BYTES, GIB, MIB, MemoryEstimate, TrainConfig, _check_choice, bytes_per_param,
+                     count_parameters, estimate_training_memory, lora_parameters)
 from .shapes import get_shape, short_name
 
 STRATEGIES = {
@@ -49,11 +49,6 @@ _PARAM_PARTS = ("weights", "weights (4-bit linear layers)", "quantisation consta
                 "weights (embeddings, norms, LM head)", "LoRA weights")
 _GRAD_PARTS = ("gradients", "LoRA gradients")
 MEASUREMENTS = "memory_measurements.csv"
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
 
 def _check_gpus(n_gpus):
