@@ -295,12 +295,20 @@ def render_harmony(messages, *, tools: list[dict] | None = None, reasoning_effor
     return out
 
 
-def render_harmony_with_library(messages, *, reasoning_effort: str = "medium", date: str | None = None):
+def render_harmony_with_library(messages, *, reasoning_effort: str = "medium", date: str | None = None,
+                                for_training: bool = True):
     """Render with OpenAI's ``openai-harmony`` library where it can load its vocabulary.
 
     It downloads the vocabulary on first use; offline that fails, and this returns ``None`` after
     printing one line (the notebook then uses ``render_harmony`` alone). Covers system, developer,
     user and plain assistant messages.
+
+    ``for_training=True`` (the default) uses ``render_conversation_for_training``, which ends a
+    final assistant answer with ``<|return|>`` as gpt-oss's chat template does;
+    ``for_training=False`` uses ``render_conversation``, which ends it with ``<|end|>`` (how an
+    answer sits in the history of a later prompt). One difference stays either way: the library
+    writes the developer's ``# Instructions`` without the blank line that the template (and
+    ``render_harmony``) puts after them.
     """
     try:
         from openai_harmony import (Conversation, DeveloperContent, HarmonyEncodingName, Message,
@@ -325,5 +333,27 @@ def render_harmony_with_library(messages, *, reasoning_effort: str = "medium", d
             convo.append(Message.from_role_and_content(Role.ASSISTANT, m["content"]).with_channel("final"))
         else:
             raise ValueError("render_harmony_with_library covers system/developer/user/assistant text only")
-    tokens = enc.render_conversation(Conversation.from_messages(convo))
-    return enc.decode_utf8(tokens)
+    render = enc.render_conversation_for_training if for_training else enc.render_conversation
+    return enc.decode_utf8(render(Conversation.from_messages(convo)))
+
+
+def without_instructions_blank_line(text: str) -> str:
+    """A Harmony text with the blank line that ends a developer turn of instructions only (no
+    tools) removed: the gpt-oss template's ``# Instructions\n\n...\n\n<|end|>`` in the
+    library's layout, ``# Instructions\n\n...<|end|>``."""
+    head = "<|start|>developer<|message|># Instructions\n\n"
+    start = text.find(head)
+    if start < 0:
+        return text
+    end = text.find("<|end|>", start)
+    if end < 0 or text[end - 2:end] != "\n\n":
+        return text
+    return text[:end - 2] + text[end:]
+
+
+def first_difference(a: str, b: str, context: int = 25):
+    """Where two texts first differ: ``None`` if equal, else ``(index, a's text there, b's text there)``."""
+    if a == b:
+        return None
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return i, a[max(0, i - context):i + context], b[max(0, i - context):i + context]

@@ -6,7 +6,7 @@
   data sets also carry ``labels``, which a plain collator can't pad).
 - ``eos_label_counts(batch, eos_id)``: how many end-of-sequence tokens are trained on, and how
   many are masked: the pad == eos trap in one number.
-- ``batch_stats(batch)``: rows, tokens, padding and trained tokens of a collated batch.
+- ``batch_stats(batch)``: rows, tokens, padding, trained tokens and attention cost of a collated batch.
 - ``layouts(tok, examples, max_length)``: the same examples padded, padding-free and packed.
 - ``train_only_last_layers(model, n)``: freeze everything but the last ``n`` blocks (reduced
   mode trains on a CPU in seconds that way).
@@ -20,14 +20,17 @@ IGNORE_INDEX = -100
 
 
 def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    # As TRL does (`trl.data_utils._tokenize`): the tokenizer's own defaults, special tokens
+    # included. SmolLM2's adds none; a tokenizer that adds a BOS token (Llama's) puts it first.
+    return tokenizer(text)["input_ids"]
 
 
 def completion_only_labels(tokenizer, prompt: str, completion: str, *, add_eos: bool = True) -> dict:
     """``{"input_ids", "labels"}`` for one prompt/completion pair, with the prompt's labels at -100.
 
-    Like TRL: the sequence is ``prompt + completion`` (+ eos), tokenized in one go, and the prompt
-    is the part that the prompt's own tokens share with it.
+    Like TRL: the sequence is ``prompt + completion`` (+ eos), tokenized in one go with the
+    tokenizer's defaults (a BOS token, for a tokenizer that adds one, counts as prompt), and the
+    prompt is the part that the prompt's own tokens share with it.
     """
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise ValueError("prompt and completion must both be strings.")
@@ -61,15 +64,36 @@ def eos_label_counts(batch, eos_token_id: int) -> dict:
     return {"eos_tokens": int(is_eos.sum()), "eos_trained": trained, "eos_masked": int(is_eos.sum()) - trained}
 
 
+def _example_lengths(batch) -> list[int]:
+    """Token count of each example in a collated batch: from the attention mask (padded), or from
+    the restarts of ``position_ids`` (padding-free and packed rows, which have no mask)."""
+    if "attention_mask" in batch:
+        return [int(n) for n in batch["attention_mask"].sum(dim=1)]
+    lengths = []
+    for row in batch["position_ids"]:
+        starts = (row == 0).nonzero().flatten().tolist() + [row.numel()]
+        lengths += [b - a for a, b in zip(starts, starts[1:])]
+    return lengths
+
+
 def batch_stats(batch) -> dict:
-    """Rows, token slots, padding slots and trained (label != -100) tokens of a collated batch."""
+    """Rows, token slots, padding slots and trained (label != -100) tokens of a collated batch,
+    and two attention costs per layer and head, in query-key pairs:
+
+    - ``attention_pairs``: what sdpa and eager attention compute, every row's full square
+      (the masked pairs are computed, then dropped);
+    - ``example_pairs``: the sum of each example's own square, what FlashAttention's variable-
+      length kernel computes for a padding-free or packed row.
+    """
     ids = batch["input_ids"]
     if "attention_mask" in batch:
         real = int(batch["attention_mask"].sum())
     else:  # padding-free or packed: every slot is a real token
         real = ids.numel()
     return {"rows": ids.shape[0], "slots": ids.numel(), "padding": ids.numel() - real,
-            "trained": int((batch["labels"] != IGNORE_INDEX).sum())}
+            "trained": int((batch["labels"] != IGNORE_INDEX).sum()),
+            "attention_pairs": ids.shape[0] * ids.shape[1] ** 2,
+            "example_pairs": sum(n * n for n in _example_lengths(batch))}
 
 
 def layouts(tokenizer, examples: list[dict], max_length: int) -> dict:
@@ -77,7 +101,9 @@ def layouts(tokenizer, examples: list[dict], max_length: int) -> dict:
 
     - ``padded``: one row per example, padded to the longest;
     - ``padding_free``: one row, examples end to end, positions restarting at 0 for each;
-    - ``packed``: TRL's ``pack_dataset`` (best-fit decreasing) into rows of ``max_length``.
+    - ``packed``: TRL's ``pack_dataset`` (best-fit decreasing, ``"bfd"``: an example longer than
+      ``max_length`` is truncated to it) into rows of ``max_length``, then collated padding-free
+      as ``SFTTrainer`` does (its collator flattens the batch into one row).
     """
     from datasets import Dataset
     from trl import pack_dataset
