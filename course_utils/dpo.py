@@ -8,7 +8,8 @@
 - ``dpo_config(...)``: the ``DPOConfig`` of notebook 06, sized for a Colab T4, shrunk in reduced mode.
 - ``sequence_logps(model, batch)``: the summed log-probability of each completion in a batch made
   by TRL's preference collator, computed with a plain forward pass (no TRL code).
-- ``dpo_history(log_history)``: the ``rewards/*`` metrics a ``DPOTrainer`` logged, as a table.
+- ``dpo_history(log_history)``: the ``rewards/*`` and ``logps/*`` metrics a ``DPOTrainer`` logged, as
+  a table.
 - ``bradley_terry_loss`` and ``train_reward_head``: the reward-model loss of RLHF, as a tiny demo.
 """
 from __future__ import annotations
@@ -20,6 +21,11 @@ from .mode import trainer_settings
 REJECTED_CHOICES = ("sentence", "translation_extra", "mixed")
 PLAIN_TEMPLATE = "Rewrite in Yoda-speak: {sentence}\nYoda:"
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+# the policy's summed log-probabilities of the answers (the rewards are these minus the reference's, times beta)
+LOGP_KEYS = ("logps/chosen", "logps/rejected")
+# Notebook 06's learning rate for a LoRA on top of the SFT model. TRL's DPOConfig default, 1e-6, is
+# sized for updating every weight; a LoRA trains far fewer parameters and takes a larger rate.
+LEARNING_RATE = 2e-5
 
 
 # --------------------------------------------------------------------------------------- data
@@ -130,7 +136,8 @@ def train_sft_adapter(model, tok, train_rows, *, max_steps: int = -1, output_dir
 def dpo_config(output_dir, **overrides):
     """The ``DPOConfig`` of notebook 06 (LoRA on top of the SFT model), sized for a Colab T4.
 
-    beta 0.1, a LoRA-sized learning rate, logging every step so the reward curves have points;
+    beta 0.1; the learning rate ``LEARNING_RATE`` (2e-5, notebook 06's: a LoRA's rate, above TRL's
+    default of 1e-6 for updating every weight); logging every step so the reward curves have points;
     fp16 on a T4, float32 and no gradient checkpointing on the CPU. Any field can be overridden.
     """
     from trl import DPOConfig
@@ -138,7 +145,7 @@ def dpo_config(output_dir, **overrides):
     kwargs = dict(
         output_dir=str(output_dir),
         beta=0.1,
-        learning_rate=5e-5,
+        learning_rate=LEARNING_RATE,
         lr_scheduler_type="constant",
         per_device_train_batch_size=8,
         per_device_eval_batch_size=8,
@@ -207,10 +214,11 @@ def trl_loss_on_batch(trainer, batch) -> dict:
 
 
 def dpo_history(log_history):
-    """The ``rewards/*`` (and ``loss``) entries a ``DPOTrainer`` logged, one row per logged step."""
+    """The ``rewards/*``, ``logps/*`` (and ``loss``) entries a ``DPOTrainer`` logged, one row per
+    logged step. Each row is the mean over the steps since the previous log (``logging_steps``)."""
     import pandas as pd
 
-    rows = [{"step": h["step"], **{k: h[k] for k in (*REWARD_KEYS, "loss") if k in h}}
+    rows = [{"step": h["step"], **{k: h[k] for k in (*REWARD_KEYS, *LOGP_KEYS, "loss") if k in h}}
             for h in log_history if "rewards/margins" in h]
     if not rows:
         raise ValueError("No DPO reward metrics in this log history: train with logging_steps=1 (or a "

@@ -6,7 +6,8 @@
 - ``load_conversations`` / ``load_preferences``: the hub data sets in full mode, the samples written
   for this project offline, with the same columns either way.
 - ``generate_answers`` and the pieces of the instruction-following score (``mentions_answer``,
-  ``follows_format``), ``score_table`` and ``side_by_side`` to compare stages.
+  ``follows_format``), ``score_table`` (with each stage's mean answer length, ``answer_words``) and
+  ``side_by_side`` to compare stages.
 """
 from __future__ import annotations
 
@@ -204,7 +205,8 @@ def load_preferences(n: int | None = None, *, source: str = "auto", dataset_id: 
 
 
 # --------------------------------------------------------------------------- evaluation
-# Held-out prompts: none of them (nor their facts) is in the project's training data.
+# Held-out prompts: none of them is in the project's offline data (tests/test_instruct.py checks it);
+# the hub data sets of full mode are not checked.
 # "answers": acceptable answers (any one, case-insensitive); "format": the requested format.
 EVAL_PROMPTS: list[dict] = [
     {"prompt": "What is the capital of France?", "answers": ["Paris"], "format": None},
@@ -228,6 +230,11 @@ _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S")
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text)
+
+
+def answer_words(text: str) -> int:
+    """The length of an answer in words (as ``words`` counts them: punctuation and markup aside)."""
+    return len(words(text))
 
 
 def mentions_answer(text: str, answers) -> bool:
@@ -291,7 +298,8 @@ def generate_answers(model, tokenizer, prompts, *, render="chat", max_new_tokens
 
 
 def score_table(results_by_stage: dict, specs, check_fn):
-    """One row per stage: the share of prompts passing each check, and the score.
+    """One row per stage: the share of prompts passing each check, the mean answer length in
+    words (``answer_words``; preference tuning is known to change it), and the score.
 
     ``check_fn(text, stopped, spec) -> dict`` returns the checks that apply to a prompt, e.g.
     ``{"answers": True, "stops": False, "format": True}``. A prompt's score is the fraction of its
@@ -304,7 +312,7 @@ def score_table(results_by_stage: dict, specs, check_fn):
         if len(results) != len(specs):
             raise ValueError(f"Stage {stage!r} has {len(results)} answers for {len(specs)} prompts.")
         per_check: dict[str, list[bool]] = {}
-        scores = []
+        scores, lengths = [], []
         for result, spec in zip(results, specs):
             checks = check_fn(result["text"], result["stopped"], spec)
             if not checks:
@@ -312,7 +320,9 @@ def score_table(results_by_stage: dict, specs, check_fn):
             for name, ok in checks.items():
                 per_check.setdefault(name, []).append(bool(ok))
             scores.append(sum(map(bool, checks.values())) / len(checks))
+            lengths.append(answer_words(result["text"]))
         row = {f"{name} %": 100 * sum(v) / len(v) for name, v in per_check.items()}
+        row["words"] = sum(lengths) / len(lengths)
         row["score"] = 100 * sum(scores) / len(scores)
         rows[stage] = row
     return pd.DataFrame.from_dict(rows, orient="index").round(1)

@@ -258,6 +258,18 @@ def test_score_table_averages_checks_per_prompt():
         instruct.score_table({"a": results["a"][:1]}, specs, _checks)
 
 
+def test_score_table_gives_each_stage_its_mean_answer_length():
+    specs = [{"answers": ["Paris"], "format": None}, {"answers": ["Jupiter"], "format": "one_word"}]
+    results = {"short": [{"text": "Paris.", "stopped": True}, {"text": "Jupiter", "stopped": True}],
+               "long": [{"text": "The capital is Paris, of course.", "stopped": True},
+                        {"text": "It's Jupiter (the gas giant).", "stopped": False}]}
+    table = instruct.score_table(results, specs, _checks)
+    assert instruct.answer_words("It's Jupiter (the gas giant).") == 5
+    assert table.loc["short", "words"] == 1.0
+    assert table.loc["long", "words"] == (5 + 5) / 2
+    assert table.columns[-1] == "score"
+
+
 def test_eval_prompts_are_well_formed():
     for spec in instruct.EVAL_PROMPTS:
         assert spec["prompt"] and spec["answers"]
