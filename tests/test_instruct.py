@@ -266,7 +266,7 @@ def test_score_table_gives_each_stage_its_mean_answer_length():
     table = instruct.score_table(results, specs, _checks)
     assert instruct.answer_words("It's Jupiter (the gas giant).") == 5
     assert table.loc["short", "words"] == 1.0
-    assert table.loc["long", "words"] == (5 + 5) / 2
+    assert table.loc["long", "words"] == (6 + 5) / 2
     assert table.columns[-1] == "score"
 
 
