@@ -232,3 +232,29 @@ def test_attention_cost_of_each_layout(model_and_tok):
     for name in ("padded", "padding_free", "packed"):
         assert stats[name]["example_pairs"] == sum(n * n for n in lengths)
     assert stats["padding_free"]["attention_pairs"] > stats["padded"]["attention_pairs"]
+
+
+def _cells(root, stem):
+    import nbformat
+
+    return {c.id: c.source for c in nbformat.read(root / "solutions" / f"{stem}.ipynb", as_version=4).cells}
+
+
+def test_counts_in_the_text_of_01_and_02_match_their_source(root, tokenizer):
+    """Numbers the two notebooks state: special-token ids, the sentence count, the block count."""
+    import re
+
+    text01 = "\n".join(_cells(root, "01_chat_templates").values())
+    start, end = map(int, re.search(r"special tokens\*\* \(ids (\d+) and (\d+)\)", text01).groups())
+    assert (tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")) == (start, end)
+    cells02 = _cells(root, "02_pig_latin_collators")
+    text02 = "\n".join(cells02.values())
+    counts = {int(n) for n in re.findall(r"(\d+) (?:short )?English sentences", text02)}
+    assert counts == {len(pig_latin.load_sentences())}
+    last, blocks = map(int, re.search(r"only the last (\d+) of (\d+) blocks", text02).groups())
+    assert f"TRAIN_LAST_LAYERS = cu.for_mode(full=TRAIN_LAST_LAYERS, reduced={last})" in cells02["cell-03"]
+    from transformers import AutoConfig
+
+    from course_utils import models
+
+    assert AutoConfig.from_pretrained(models.fallback_model_dir()).num_hidden_layers == blocks
