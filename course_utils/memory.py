@@ -341,16 +341,21 @@ class TrainConfig:
 
 
 METHODS: dict[str, dict] = {
-    "full16": dict(label="full fine-tune, 16-bit", trainable="all", quant=None, double_quant=False,
+    # full16 is pure bf16 AdamW: 16-bit weights, gradients and both states, 8 bytes per parameter
+    # (mixed precision with fp32 master weights and fp32 states, the usual recipe, takes 16).
+    "full16": dict(label="full fine-tune, pure 16-bit AdamW (8 bytes per parameter)", trainable="all", quant=None, double_quant=False,
                    upcast=False, lora_dtype=None, loss="chunked", liger=False, grad_ckpt=False,
                    optim="adamw", amp=True),
     "lora16": dict(label="LoRA, 16-bit base", trainable="lora", quant=None, double_quant=False,
                    upcast=False, lora_dtype="fp32", loss="chunked", liger=False, grad_ckpt=False,
                    optim="adamw", amp=True),
-    "qlora_hf": dict(label="QLoRA, HF defaults (prepare_model_for_kbit_training + Trainer)",
+    # The presets leave gradient checkpointing off (grad_ckpt=False); the libraries' defaults turn it
+    # on: prepare_model_for_kbit_training(use_gradient_checkpointing=True) and SFTConfig's
+    # gradient_checkpointing=True. LIBRARY_DEFAULTS names those configurations.
+    "qlora_hf": dict(label="QLoRA, PEFT's way (prepare_model_for_kbit_training + transformers.Trainer)",
                      trainable="lora", quant="nf4", double_quant=True, upcast=True, lora_dtype="fp32",
                      loss="full_logits", liger=False, grad_ckpt=False, optim="adamw", amp=False),
-    "qlora_trl": dict(label="QLoRA, TRL SFTTrainer defaults", trainable="lora", quant="nf4",
+    "qlora_trl": dict(label="QLoRA, TRL's SFTTrainer", trainable="lora", quant="nf4",
                       double_quant=True, upcast=False, lora_dtype="bf16", loss="chunked", liger=False,
                       grad_ckpt=False, optim="adamw", amp=True),
     "qlora_recipe": dict(label="QLoRA, course recipe", trainable="lora", quant="nf4", double_quant=True,
@@ -358,15 +363,36 @@ METHODS: dict[str, dict] = {
                          optim="paged_adamw_8bit", amp=True, fixed=("grad_ckpt", "optim")),
 }
 
-# The walk from HF defaults to the course recipe, one change at a time (Llama-3.2-3B, 512, batch 1).
+# The libraries' defaults against the course recipe (what the recipe really changes): PEFT's
+# prepare_model_for_kbit_training and TRL's SFTConfig both turn gradient checkpointing on by default.
+LIBRARY_DEFAULTS: list[tuple[str, dict]] = [
+    ("HF defaults: prepare_model_for_kbit_training (checkpointing on), fp32 LoRA, transformers.Trainer",
+     dict(method="qlora_hf", grad_ckpt=True, optim="adamw")),
+    ("TRL defaults: SFTTrainer (checkpointing on, bf16 autocast, chunked loss, bf16 LoRA)",
+     dict(method="qlora_trl", grad_ckpt=True, optim="adamw")),
+    ("course recipe: TRL defaults + paged 8-bit AdamW + Liger kernels", dict(method="qlora_recipe")),
+]
+
+
+def defaults_configs(shape: str = "meta-llama/Llama-3.2-3B", seq_len: int = 512, batch: int = 1,
+                     attn: str = "sdpa") -> list[tuple[str, TrainConfig]]:
+    """The configurations of ``LIBRARY_DEFAULTS`` at a shape."""
+    return [(label, TrainConfig(shape=shape, seq_len=seq_len, batch=batch, attn=attn, **change).resolved())
+            for label, change in LIBRARY_DEFAULTS]
+
+
+# The walk from PEFT's QLoRA to the course recipe, one change at a time (Llama-3.2-3B, 512, batch 1).
+# It starts *without* gradient checkpointing (not the libraries' default: see LIBRARY_DEFAULTS), so
+# that what each other change saves shows before checkpointing shrinks the activations.
 RECIPE_WALK: list[tuple[str, dict]] = [
-    ("HF defaults: prepare_model_for_kbit_training, fp32 LoRA, Trainer (full logits, no mixed precision)",
+    ("PEFT's QLoRA without checkpointing: prepare_model_for_kbit_training(use_gradient_checkpointing=False), "
+     "fp32 LoRA, Trainer (full logits, no mixed precision)",
      dict(method="qlora_hf", grad_ckpt=False, optim="adamw")),
-    ("+ no fp32 upcast of embeddings and norms", dict(upcast=False)),
-    ("+ chunked LM-head loss (TRL SFTTrainer)", dict(loss="chunked")),
-    ("+ paged 8-bit AdamW", dict(optim="paged_adamw_8bit")),
-    ("+ LoRA weights in bf16", dict(lora_dtype="bf16")),
-    ("+ bf16 mixed precision (autocast, SFTConfig's default)", dict(amp=True)),
+    ("+ no fp32 upcast of embeddings and norms (no checkpointing)", dict(upcast=False)),
+    ("+ chunked LM-head loss (TRL SFTTrainer; no checkpointing)", dict(loss="chunked")),
+    ("+ paged 8-bit AdamW (no checkpointing)", dict(optim="paged_adamw_8bit")),
+    ("+ LoRA weights in bf16 (no checkpointing)", dict(lora_dtype="bf16")),
+    ("+ bf16 mixed precision (autocast, SFTConfig's default; no checkpointing)", dict(amp=True)),
     ("+ gradient checkpointing", dict(grad_ckpt=True)),
     ("+ Liger RMSNorm/SwiGLU/RoPE kernels (course recipe)", dict(liger=True)),
 ]
@@ -390,13 +416,12 @@ def recipe_walk_configs(shape: str = "meta-llama/Llama-3.2-3B", seq_len: int = 5
     return out
 
 
-# Gradient checkpointing buys memory with a second forward pass (the recipe's step: 2.46x LoRA on
-# a 16-bit base, on the H100). TRL's activation offloading buys the same memory with copies to
-# CPU memory (overlapped with the forward pass on a second CUDA stream) and back (which the
-# backward pass waits for): the candidates for a recipe that meets both targets (3.5 GiB and
-# 1.3x), measured by ``memory_bench --grid targets``.
+# Gradient checkpointing buys memory with a second forward pass. TRL's activation offloading buys
+# it with copies to CPU memory (overlapped with the forward pass on a second CUDA stream) and back
+# (which the backward pass waits for): not measured yet (``memory_bench --grid targets``).
 OFFLOAD_ALTERNATIVES: list[tuple[str, dict]] = [
-    ("TRL defaults + activation offloading", dict(method="qlora_trl", act_offload=True)),
+    ("TRL, checkpointing off, activation offloading on",
+     dict(method="qlora_trl", grad_ckpt=False, act_offload=True)),
     ("recipe, offloading instead of checkpointing",
      dict(method="qlora_recipe", grad_ckpt=False, act_offload=True)),
 ]
@@ -413,8 +438,10 @@ def offload_configs(shape: str = "meta-llama/Llama-3.2-3B", seq_len: int = 512, 
 def textbook_activation_bytes(n_layers: int, hidden: int, batch: int, seq_len: int, n_heads: int,
                               attn: str = "eager", grad_ckpt: bool = False) -> float:
     """The textbook activation memory of a transformer trained in 16-bit (Korthikanti et al.,
-    2022): ``L * (34*h*b*s + 5*n_heads*b*s**2)`` bytes with eager attention; SDPA/flash
-    attention never stores the ``s x s`` scores, so the second term goes. With gradient
+    2022): ``L * (34*h*b*s + 5*n_heads*b*s**2)`` bytes with eager attention. The formula is for
+    a GPT-style layer with dropout: its 34 and 5 include the dropout masks (1 byte per value),
+    which a Llama layer does not have. The flash and memory-efficient SDPA kernels never store the
+    ``s x s`` scores, so the second term goes; SDPA's math kernel stores them. With gradient
     checkpointing only each layer's input (``2*h*b*s`` bytes) is kept, plus one layer's full
     activations while it is recomputed in the backward pass."""
     _check_choice("attn", attn, ATTENTIONS)
@@ -448,7 +475,7 @@ def sdpa_backend(cfg: TrainConfig, flash_attention: bool = True, device: str = "
     """The kernel PyTorch's SDPA picks on a GPU: ``flash`` (16-bit, Ampere or newer: pass
     ``flash_attention=False`` for a T4), ``efficient`` (fp32, or no flash, without grouped-query
     attention) or ``math``, which materialises the scores (fp32 with grouped-query attention,
-    e.g. the upcast model of the HF defaults without mixed precision). On the CPU, PyTorch's
+    e.g. PEFT's upcast model trained without mixed precision). On the CPU, PyTorch's
     flash kernel takes every dtype."""
     if device == "cpu":
         return "flash"

@@ -5,7 +5,7 @@ allocator fragmentation) corrupts a peak, so the parent process never imports to
 it starts ``python -m course_utils.memory_bench --child CONFIG`` for every configuration, which
 builds an architecture-only model (random weights: weight values do not change memory), calls
 ``torch.cuda.reset_peak_memory_stats()``, trains a few steps with the trainer students use
-(TRL's ``SFTTrainer``, or ``transformers.Trainer`` for the HF-defaults QLoRA) and reports
+(TRL's ``SFTTrainer``, or ``transformers.Trainer`` for PEFT's QLoRA, ``qlora_hf``) and reports
 ``max_memory_allocated()``, ``max_memory_reserved()`` and the median step time, with the GPU
 name, the library versions and the configuration. The parent writes the rows to a CSV.
 
@@ -86,17 +86,64 @@ MIX_TABLE: list[tuple[str, dict]] = [
     ("LoRA + SDPA attention", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw")),
     ("LoRA + SDPA + gradient checkpointing", dict(method="lora16", attn="sdpa", grad_ckpt=True, optim="adamw")),
     ("LoRA + SDPA, batch 4", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw", batch=4)),
-    ("LoRA + SDPA, batch 1 x 4 accumulation steps", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw")),
     ("LoRA + SDPA, sequence 2048", dict(method="lora16", attn="sdpa", grad_ckpt=False, optim="adamw", seq_len=2048)),
-    ("QLoRA (TRL defaults) + SDPA + checkpointing", dict(method="qlora_trl", attn="sdpa", grad_ckpt=True, optim="adamw")),
+    ("QLoRA, TRL defaults (SDPA, checkpointing on)", dict(method="qlora_trl", attn="sdpa", grad_ckpt=True, optim="adamw")),
     ("QLoRA course recipe", dict(method="qlora_recipe", attn="sdpa")),
 ]
 
 
 def mix_configs(shape: str = MIX_SHAPE, seq_len: int = 512) -> list[tuple[str, TrainConfig]]:
-    """The configurations of ``MIX_TABLE`` (gradient accumulation needs no configuration of its
-    own: accumulating over 4 micro-batches of 1 holds the memory of a batch of 1)."""
+    """The configurations of ``MIX_TABLE``. Gradient accumulation has no row: the harness does not
+    accumulate, so nothing here measures it."""
     return [(label, TrainConfig(**{"shape": shape, "seq_len": seq_len, **f}).resolved()) for label, f in MIX_TABLE]
+
+
+# The headline comparison at Llama-3.2-3B, 512 tokens, batch 1 (memory_measurements.md, notebook 05,
+# the README): each way of training with checkpointing off and with the library's default (on).
+HEADLINE: list[tuple[str, dict]] = [
+    ("LoRA on a 16-bit base, checkpointing off", dict(method="lora16", grad_ckpt=False, optim="adamw")),
+    ("QLoRA, PEFT + `Trainer`, checkpointing off", dict(method="qlora_hf", grad_ckpt=False, optim="adamw")),
+    ("QLoRA, HF defaults (`prepare_model_for_kbit_training` turns checkpointing on)",
+     dict(method="qlora_hf", grad_ckpt=True, optim="adamw")),
+    ("QLoRA, TRL `SFTTrainer`, checkpointing off", dict(method="qlora_trl", grad_ckpt=False, optim="adamw")),
+    ("QLoRA, TRL defaults (`SFTConfig` turns checkpointing on)",
+     dict(method="qlora_trl", grad_ckpt=True, optim="adamw")),
+    ("QLoRA, course recipe (TRL defaults + paged 8-bit AdamW + Liger)", dict(method="qlora_recipe")),
+]
+
+
+def headline_configs(shape: str = "meta-llama/Llama-3.2-3B", seq_len: int = 512,
+                     batch: int = 1) -> list[tuple[str, TrainConfig]]:
+    """The configurations of ``HEADLINE`` at a shape."""
+    return [(label, TrainConfig(shape=shape, seq_len=seq_len, batch=batch, **f).resolved()) for label, f in HEADLINE]
+
+
+def headline_table(rows: list[dict] | None = None, **shape) -> list[dict]:
+    """``HEADLINE``'s rows as the table (default: the shipped one) holds them: peak allocated,
+    device memory in use (MiB, and GB = 10^9 bytes, the unit published figures use), step time and
+    step time against the first row, LoRA on a 16-bit base (``step / LoRA 16-bit``). NaN where not measured."""
+    rows = read_table(DEFAULT_OUT) if rows is None else rows
+    out = []
+    for label, cfg in headline_configs(**shape):
+        r = find_row(cfg, rows)
+        used = measured(r, "device_used_mib")
+        out.append({"configuration": label, "peak allocated MiB": measured(r, "peak_alloc_mib"),
+                    "device in use MiB": used, "device in use GB": used * MIB / 1e9,
+                    "step ms": measured(r, "step_ms"),
+                    "measured on": r["gpu"] if r and r.get("status") == "measured" else ""})
+    for row in out:
+        row["step / LoRA 16-bit"] = row["step ms"] / out[0]["step ms"]
+    return out
+
+
+def headline_markdown(rows: list[dict] | None = None) -> list[str]:
+    """``headline_table`` as the lines of a markdown table (memory_measurements.md quotes them)."""
+    lines = ["| configuration | peak allocated | device memory in use | step |", "| --- | --- | --- | --- |"]
+    for i, r in enumerate(headline_table(rows)):
+        step = f"{r['step ms']:.0f} ms" + ("" if i == 0 else f" ({r['step / LoRA 16-bit']:.2f}×)")
+        lines.append(f"| {r['configuration']} | {r['peak allocated MiB']:,.0f} MiB | "
+                     f"{r['device in use MiB']:,.0f} MiB ({r['device in use GB']:.2f} GB) | {step} |")
+    return lines
 
 
 # ------------------------------------------------------------------------------------- grid

@@ -329,3 +329,69 @@ def test_activation_offloading_needs_trls_trainer():
         M.TrainConfig(method="qlora_hf", act_offload=True).resolved()
     with pytest.raises(ValueError, match="act_offload must be True or False"):
         M.TrainConfig(method="qlora_trl", act_offload="yes").resolved()
+
+
+# ----------------------------------------------------------------- notebook 05's claims (issue 17)
+def _notebook_05_markdown():
+    from pathlib import Path
+
+    import nbformat
+
+    nb = nbformat.read(Path(__file__).parents[1] / "solutions" / "05_qlora_memory.ipynb", as_version=4)
+    return " ".join(" ".join(c.source for c in nb.cells if c.cell_type == "markdown").split())
+
+
+def test_lecture_comparison_text_states_the_ratios():
+    """Notebook 05 says how close the estimates are to Unsloth's published figures; the ratios come
+    from ``compare_with_lecture``."""
+    lecture = M.compare_with_lecture()
+    large = lecture[lecture["params_b"] >= 27]
+    middle = lecture[lecture["params_b"].between(8, 14)]
+    text = _notebook_05_markdown()
+    within = round(100 * (large["qlora_ratio"] - 1).abs().max())
+    assert (large["qlora_ratio"] > 1).any() and (large["qlora_ratio"] < 1).any()  # "some above and some below"
+    assert f"From 27B up, our QLoRA estimates lie within {within}% of the published figures" in text
+    assert (middle["qlora_ratio"] > 1).all()
+    assert (f"From 8B to 14B ours are {round(100 * (middle['qlora_ratio'].min() - 1))}% to "
+            f"{round(100 * (middle['qlora_ratio'].max() - 1))}% higher") in text
+    assert (lecture["lora_ratio"] < 1).all()
+    assert (f"Every LoRA estimate is below its published figure, by {round(100 * (1 - lecture['lora_ratio'].max()))}% "
+            f"to {round(100 * (1 - lecture['lora_ratio'].min()))}%") in text
+
+
+def test_grouped_query_attention_reaches_sdpa_as_is():
+    """transformers hands grouped-query attention to SDPA with ``enable_gqa`` when there is no
+    padding mask (its ``use_gqa_in_sdpa``), and the estimator picks the math kernel, which stores
+    the scores, where flash cannot run: fp32, or a T4 (no flash kernel)."""
+    from transformers.integrations.sdpa_attention import use_gqa_in_sdpa
+
+    k = v = torch.zeros(1, 3, 8, 64)
+    assert use_gqa_in_sdpa(None, k, v)
+    assert not use_gqa_in_sdpa(torch.ones(1, 1, 8, 8, dtype=torch.bool), k, v)
+    fp32_gqa = M.TrainConfig(shape="Llama-3.2-3B", method="qlora_hf").resolved()   # upcast, no autocast
+    bf16 = M.TrainConfig(shape="Llama-3.2-3B", method="qlora_trl").resolved()
+    assert M.sdpa_backend(fp32_gqa) == "math" and M.sdpa_backend(bf16) == "flash"
+    assert M.sdpa_backend(bf16, flash_attention=False) == "math"                   # a T4
+    assert "scores (SDPA math kernel)" in " ".join(M.layer_activation_breakdown(fp32_gqa))
+
+
+def test_textbook_dropout_terms_are_not_in_a_llama_layer():
+    """The 34 and 5 of the textbook formula count dropout masks; a Llama layer has no dropout."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig()
+    assert cfg.attention_dropout == 0.0
+    assert not any("dropout" in k for k in cfg.to_dict() if k != "attention_dropout")
+    assert "dropout masks" in M.textbook_activation_bytes.__doc__
+
+
+def test_full16_is_pure_bf16_adamw_at_8_bytes_per_parameter():
+    """``full16``: 16-bit weights (2), gradients (2) and two AdamW states (2 x 2) = 8 bytes per
+    parameter, not mixed precision's 16 (fp32 master weights and states)."""
+    n = M.count_parameters("Llama-3.2-1B").total
+    est = M.estimate_training_memory("Llama-3.2-1B", method="full16", optim="adamw")
+    assert est.parts["weights"] == 2 * n
+    assert est.parts["optimizer states"] == 4 * n
+    assert sum(est.phases["the optimizer step"].values()) == 2 * n  # the gradients
+    text = _notebook_05_markdown()
+    assert "pure bf16 AdamW: weights, gradients and both AdamW states in 16 bits, 8 bytes per parameter" in text

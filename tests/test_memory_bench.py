@@ -1,5 +1,6 @@
 """The measurement harness (course_utils.memory_bench): grid, CSV schema, process isolation, a
 tiny CPU run, and the shipped table's honesty. GPU measurements are marked ``gpu``."""
+import math
 import os
 import sys
 from pathlib import Path
@@ -267,60 +268,161 @@ def test_shipped_table_is_honest():
     assert (SHIPPED.parent / "memory_measurements.md").exists()
 
 
+def _docs(root):
+    """README, memory_measurements.md and notebook 05's markdown, each with all whitespace runs made
+    single spaces (line breaks fall anywhere in prose)."""
+    import nbformat
+
+    nb = nbformat.read(root / "solutions" / "05_qlora_memory.ipynb", as_version=4)
+    return tuple(" ".join(text.split()) for text in (
+        (root / "README.md").read_text(), (SHIPPED.parent / "memory_measurements.md").read_text(),
+        " ".join(c.source for c in nb.cells if c.cell_type == "markdown")))
+
+
+def _shipped(method, column="peak_alloc_mib", **kw):
+    r = B.find_row(M.TrainConfig(shape="Llama-3.2-3B", method=method, **kw))
+    assert r and r["status"] == "measured", (method, kw)
+    return float(r[column])
+
+
 def test_docs_state_what_the_shipped_table_holds(root):
     """The README, memory_measurements.md and notebook 05 quote the shipped table: how many rows
     are measured, and the headline figures at Llama-3.2-3B. Re-measuring a row (or measuring the
     rest on a GPU) fails here until the text says what the table now says."""
-    import nbformat
-
     rows = B.read_table(SHIPPED)
     n_measured = sum(r["status"] == "measured" for r in rows)
     n_unmeasured = sum(r["status"] == "not measured" for r in rows)
-    nb = nbformat.read(root / "solutions" / "05_qlora_memory.ipynb", as_version=4)
-    # line breaks fall anywhere in prose: compare with all whitespace runs made single spaces
-    readme, details, notebook = (" ".join(text.split()) for text in (
-        (root / "README.md").read_text(), (SHIPPED.parent / "memory_measurements.md").read_text(),
-        " ".join(c.source for c in nb.cells if c.cell_type == "markdown")))
+    readme, details, notebook = _docs(root)
     assert f"{n_measured} of {len(rows)} rows measured" in readme
     assert f"{n_unmeasured} still estimated" in readme
     assert f"**{n_measured} of the {len(rows)} rows are measured**" in details
     assert f"The other {n_unmeasured} rows say `not measured`" in details
 
-    def row(method, **kw):
-        r = B.find_row(M.TrainConfig(shape="Llama-3.2-3B", method=method, **kw))
-        assert r and r["status"] == "measured", (method, kw)
-        return float(r["peak_alloc_mib"]), float(r["step_ms"])
+    def both(method, **kw):
+        return _shipped(method, **kw), _shipped(method, "step_ms", **kw)
 
-    lora_mib, lora_ms = row("lora16")
-    hf_mib, hf_ms = row("qlora_hf")
-    trl_mib, trl_ms = row("qlora_trl", grad_ckpt=False)
-    ckpt_mib, ckpt_ms = row("qlora_trl", grad_ckpt=True)
-    recipe_mib, recipe_ms = row("qlora_recipe")
-    headline = [f"{lora_mib:,.0f} MiB | {lora_ms:.0f} ms"]
-    for mib, ms in [(hf_mib, hf_ms), (trl_mib, trl_ms), (ckpt_mib, ckpt_ms)]:
-        headline.append(f"{mib:,.0f} MiB | {ms:.0f} ms ({ms / lora_ms:.2f}×)")
-    headline.append(f"**{recipe_mib:,.0f} MiB ({recipe_mib / 1024:.2f} GiB)** | {recipe_ms:.0f} ms "
-                    f"({recipe_ms / lora_ms:.2f}×)")
-    for text in headline:
+    lora_mib, lora_ms = both("lora16", grad_ckpt=False)
+    hf_mib, hf_ms = both("qlora_hf", grad_ckpt=True)          # PEFT's default: checkpointing on
+    trl_off_mib, trl_off_ms = both("qlora_trl", grad_ckpt=False)
+    trl_mib, trl_ms = both("qlora_trl", grad_ckpt=True)       # SFTConfig's default: checkpointing on
+    recipe_mib, recipe_ms = both("qlora_recipe")
+    used = {m: _shipped(m, "device_used_mib", **kw) for m, kw in
+            [("qlora_hf", dict(grad_ckpt=True)), ("qlora_trl", dict(grad_ckpt=True)), ("qlora_recipe", {})]}
+    saved = trl_mib - recipe_mib
+    paged = _shipped("qlora_recipe", "paged_estimate_mib")
+    # memory_measurements.md: the headline table as headline_markdown writes it, then its reading
+    for line in B.headline_markdown():
+        assert " ".join(line.split()) in details, line
+    published = M.load_lecture_table().set_index("params_b").loc[3, "qlora_4bit_gb"]
+    for text in [f"the recipe saves {saved:,.0f} MiB of peak allocated memory ({100 * saved / trl_mib:.1f}%), "
+                 f"uses {used['qlora_recipe'] - used['qlora_trl']:,.0f} MiB more device memory",
+                 f"its step takes {100 * (recipe_ms / trl_ms - 1):.0f}% longer",
+                 f"its paged optimizer states, {paged:,.0f} MiB by the estimate",
+                 f"the recipe took {used['qlora_recipe'] * M.MIB / 1e9:.2f} GB, above the {published:g} GB Unsloth publishes",
+                 f"and so did TRL's defaults ({used['qlora_trl'] * M.MIB / 1e9:.2f} GB)",
+                 f"makes the step {_shipped('lora16', 'step_ms', grad_ckpt=True) / lora_ms:.2f}× (LoRA) to "
+                 f"{trl_ms / trl_off_ms:.2f}× (QLoRA with TRL) slower",
+                 f"runs at {trl_off_ms / lora_ms:.2f}× ({trl_off_mib:,.0f} MiB)",
+                 f"about {round((trl_off_mib - trl_mib) / 100) * 100:,.0f} MiB per step"]:
         assert text in details, text
-    gib = f"{recipe_mib / 1024:.2f} GiB, against {hf_mib / 1024:.2f} GiB"
-    assert gib in readme
-    assert f"measured {recipe_mib / 1024:.2f} GiB on an H100 against {hf_mib / 1024:.2f} GiB" in notebook
-    for text in [f"HF defaults {hf_mib:,.0f} MiB", f"**{recipe_mib:,.0f} MiB ({recipe_mib / 1024:.2f} GiB)**",
-                 f"The recipe's step took {recipe_ms:.0f} ms, **{recipe_ms / lora_ms:.2f}×**",
-                 f"({lora_ms:.0f} ms)", f"stays at {trl_ms / lora_ms:.2f}× ({trl_ms:.0f} ms) for {trl_mib:,.0f} MiB",
-                 f"({ckpt_ms:.0f} against {trl_ms:.0f} ms)", f"The last {recipe_ms - ckpt_ms:.0f} ms"]:
-        assert text in notebook, text
-    # the walk's measured steps, checkpointing's cost for LoRA, and the mixing table's full fine-tune
+    offload = [M.estimate_training_memory(cfg).peak_mib for _, cfg in M.offload_configs()]
+    assert (f"{offload[0]:,.0f} MiB (TRL, checkpointing off, offloading on) and {offload[1]:,.0f} MiB") in details
+    snap = {r["allocated_by"]: float(r["mib_at_peak"]) for r in B.read_table(B.SNAPSHOT_TABLE)}
+    four_bit, embed = snap["4-bit weights and dequantisation"], snap["weights (loading)"]
+    training = sum(v for k, v in snap.items() if k not in ("4-bit weights and dequantisation", "weights (loading)",
+                                                           "activations (decoder layers)"))
+    assert (f"{four_bit:,.0f} MiB of 4-bit weights and dequantisation, {embed:,.0f} MiB for the bf16 embedding "
+            f"tied to the LM head, {snap['activations (decoder layers)']:,.0f} MiB of activations, and under "
+            f"{math.ceil(training / 10) * 10:,.0f} MiB") in details
+    # README: the three configurations, allocated and in use
+    assert (f"peak allocated: the course's QLoRA recipe {recipe_mib:,.0f} MiB, TRL's defaults {trl_mib:,.0f} MiB, "
+            f"Hugging Face's defaults {hf_mib:,.0f} MiB; device memory in use: {used['qlora_recipe']:,.0f}, "
+            f"{used['qlora_trl']:,.0f} and {used['qlora_hf']:,.0f} MiB") in readme
+    # notebook 05: the comparison with the real defaults, the walk, the snapshot, the step times
     walk = [B.measured(B.find_row(cfg), "peak_alloc_mib") for _, cfg in M.recipe_walk_configs(
         "meta-llama/Llama-3.2-3B", seq_len=512, batch=1)]
-    assert f"without the fp32 upcast {walk[1]:,.0f} MiB; with TRL's chunked loss {walk[2]:,.0f} MiB" in notebook
-    _, lora_ckpt_ms = row("lora16", grad_ckpt=True)
-    assert (f"{lora_ckpt_ms / lora_ms:.2f}× slower for LoRA ({lora_ckpt_ms:.0f} against {lora_ms:.0f} ms) and "
-            f"{ckpt_ms / trl_ms:.2f}× for QLoRA") in notebook
+    lora_ckpt_ms = _shipped("lora16", "step_ms", grad_ckpt=True)
+    table = B.load_measurements()
+    table = table[(table["status"] == "measured") & table["device_used_mib"].notna()]
+    gap = table["device_used_mib"] - table["peak_alloc_mib"]
+    rest = round((recipe_mib - four_bit - embed) / 10) * 10
+    for text in [f"HF's defaults peak at {hf_mib:,.0f} MiB ({hf_ms:.0f} ms a step), TRL's at {trl_mib:,.0f} MiB "
+                 f"({trl_ms:.0f} ms)",
+                 f"the recipe saves {saved:,.0f} MiB of peak allocated memory ({100 * saved / trl_mib:.1f}%) and its "
+                 f"step takes {100 * (recipe_ms / trl_ms - 1):.0f}% longer ({recipe_ms:.0f} against {trl_ms:.0f} ms)",
+                 f"{used['qlora_recipe']:,.0f} against {used['qlora_trl']:,.0f} MiB",
+                 f"Part of that is the paged 8-bit AdamW states ({paged:,.0f} MiB by the estimate)",
+                 f"{used['qlora_recipe']:,.0f} MiB is {used['qlora_recipe'] * M.MIB / 1e9:.2f} GB, above the "
+                 f"{published:g} GB Unsloth publishes",
+                 f"pay off only where {saved:,.0f} MiB decide",
+                 f"PEFT's way {walk[0]:,.0f} MiB; without the fp32 upcast {walk[1]:,.0f} MiB; with TRL's chunked loss "
+                 f"{walk[2]:,.0f} MiB",
+                 f"the recipe's {recipe_mib:,.0f} MiB go: {four_bit:,.0f} MiB of 4-bit weights",
+                 f"{embed:,.0f} MiB for the embedding", f"about {rest:,.0f} MiB for everything training adds",
+                 f"{lora_ckpt_ms / lora_ms:.2f}× slower for LoRA ({lora_ckpt_ms:.0f} against {lora_ms:.0f} ms) and "
+                 f"{trl_ms / trl_off_ms:.2f}× for QLoRA with TRL ({trl_ms:.0f} against {trl_off_ms:.0f} ms)",
+                 f"stays at {trl_off_ms / lora_ms:.2f}× LoRA's step ({trl_off_ms:.0f} ms) for {trl_off_mib:,.0f} MiB",
+                 f"The recipe's step took {recipe_ms:.0f} ms, {recipe_ms / lora_ms:.2f}× LoRA on a 16-bit base",
+                 f"the last {recipe_ms - trl_ms:.0f} ms between TRL's defaults and the recipe",
+                 f"HF's defaults measured {hf_mib:,.0f} MiB on an H100, TRL's {trl_mib:,.0f} MiB",
+                 f"measured {recipe_mib:,.0f} MiB, {100 * saved / trl_mib:.1f}% less than TRL's defaults, at "
+                 f"{recipe_ms / trl_ms:.2f}× their step time",
+                 f"{gap.min():,.0f} to {gap.max():,.0f} MiB above the peak allocated",
+                 f"device memory in use sat {gap.min():,.0f} to {gap.max():,.0f} MiB above it"]:
+        assert text in notebook, text
+    # the mixing table's full fine-tune
     full, full_ckpt, full_8bit = (B.measured(B.find_row(cfg), "peak_alloc_mib") for _, cfg in B.mix_configs()[:3])
     assert (f"checkpointing saved only {full - full_ckpt:,.0f} MiB on the H100 ({full:,.0f} to {full_ckpt:,.0f} MiB), "
             f"8-bit AdamW another {full_ckpt - full_8bit:,.0f} MiB") in notebook
+
+
+def test_defaults_name_the_rows_that_use_the_defaults():
+    """PEFT's prepare_model_for_kbit_training and TRL's SFTConfig turn gradient checkpointing on
+    by default (transformers' TrainingArguments does not): every row or configuration called
+    'defaults' checkpoints, and every walk step before checkpointing says it runs without."""
+    import dataclasses
+    import inspect
+
+    from peft import prepare_model_for_kbit_training
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    assert inspect.signature(prepare_model_for_kbit_training).parameters["use_gradient_checkpointing"].default is True
+    assert {f.name: f.default for f in dataclasses.fields(SFTConfig)}["gradient_checkpointing"] is True
+    assert {f.name: f.default for f in dataclasses.fields(TrainingArguments)}["gradient_checkpointing"] is False
+    named = ([(label, cfg) for label, cfg in B.grid_configs("course") if label]
+             + B.grid_configs("mix") + B.headline_configs() + M.defaults_configs() + M.offload_configs()
+             + [(r["label"], B.config_from_row(r)) for r in B.read_table(SHIPPED) if r["label"]])
+    for label, cfg in named:
+        if "defaults" in label and "recipe" not in label:
+            assert cfg.grad_ckpt and cfg.method in ("qlora_hf", "qlora_trl"), label
+        if not cfg.grad_ckpt and cfg.method.startswith("qlora") and not label.startswith("mix"):
+            assert "no checkpointing" in label or "checkpointing off" in label or "without checkpointing" in label \
+                or "instead of checkpointing" in label, label
+    # the relabelled rows are the measured ones the defaults were once said to be
+    hf, trl = (B.headline_configs()[i][1] for i in (2, 4))
+    assert (hf.method, hf.grad_ckpt, trl.method, trl.grad_ckpt) == ("qlora_hf", True, "qlora_trl", True)
+
+
+def test_headline_reports_device_memory_beside_allocated():
+    """The headline table takes peak allocated and device memory in use from the same shipped rows,
+    the latter also in GB (10^9 bytes, the unit published figures use)."""
+    table = B.headline_table()
+    assert [r["configuration"] for r in table] == [label for label, _ in B.HEADLINE]
+    for r, (_, cfg) in zip(table, B.headline_configs()):
+        row = B.find_row(cfg)
+        assert r["peak allocated MiB"] == float(row["peak_alloc_mib"])
+        assert r["device in use MiB"] == float(row["device_used_mib"]) > r["peak allocated MiB"]
+        assert r["device in use GB"] == pytest.approx(float(row["device_used_mib"]) * 2**20 / 1e9)
+    assert B.headline_markdown()[0] == "| configuration | peak allocated | device memory in use | step |"
+
+
+def test_mixing_table_has_one_row_per_measured_configuration():
+    """Every row of the mixing table is a configuration of its own (an accumulation row that
+    repeated batch 1's figures was asserted, not measured)."""
+    configs = [B.config_key(cfg) for _, cfg in B.mix_configs()]
+    assert len(configs) == len(set(configs))
+    assert not any("accumulation" in label for label, _ in B.mix_configs())
 
 
 @pytest.mark.gpu
@@ -333,10 +435,15 @@ def test_gpu_measurement_meets_the_estimate():
 
 
 @pytest.mark.gpu
-def test_gpu_recipe_memory_target_at_3b():
+@pytest.mark.xfail(strict=True, reason="device memory in use 3,467 MiB = 3.64 GB on an H100 (2026-11-23), above "
+                   "the 3.5 GB Unsloth publishes for a 3B QLoRA: a pass means the recipe got smaller: update the docs")
+def test_gpu_recipe_device_memory_against_the_published_3b_figure():
+    """Compared in the published figure's unit (GB = 10^9 bytes) and quantity (what the GPU holds,
+    not what PyTorch allocates)."""
     recipe = B.run_isolated(M.TrainConfig(shape="Llama-3.2-3B", method="qlora_recipe"), device="cuda")
     assert recipe["status"] == "measured", recipe.get("error")
-    assert float(recipe["peak_alloc_mib"]) <= 3.5 * 1024  # 2,463 MiB on an H100 (2026-11-23)
+    published_gb = M.load_lecture_table().set_index("params_b").loc[3, "qlora_4bit_gb"]
+    assert float(recipe["device_used_mib"]) * M.MIB / 1e9 <= published_gb
 
 
 @pytest.mark.gpu
