@@ -9,6 +9,10 @@
 - ``yoda_lora_config(...)`` / ``yoda_sft_config(...)``: the LoRA and SFT settings notebook 03 uses.
 - ``translate(model, tok, sentences)`` and ``evaluate_chrf(model, tok, rows)``: greedy
   translations and their corpus chrF (sacrebleu) against the references.
+- ``chrf`` and ``bleu``: corpus scores (sacrebleu's defaults); ``copy_baseline(sentences,
+  references)``: what "translating" by copying the English input unchanged scores, the floor a
+  model must beat (chrF is high for it, since the copy has every word; BLEU is low, since the
+  copy keeps them in English order).
 """
 from __future__ import annotations
 
@@ -151,17 +155,50 @@ def translate(model, tok, sentences, system_prompt: str | None = YODA_SYSTEM_PRO
             for r in generate_batch(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)]
 
 
-def chrf(predictions, references) -> float:
-    """Corpus chrF (sacrebleu, default settings: character 6-grams, beta 2), from 0 to 100."""
-    import sacrebleu
-
+def _pairs(predictions, references) -> tuple[list[str], list[str]]:
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references: "
                          "pass one prediction per reference.")
     if not references:
         raise ValueError("No references to score against: pass at least one row.")
+    return predictions, references
+
+
+def chrf(predictions, references) -> float:
+    """Corpus chrF (sacrebleu, default settings: character 1- to 6-grams with the spaces removed,
+    beta 2), from 0 to 100. Most character n-grams lie inside a word, so chrF barely sees word
+    order: only the n-grams that straddle two words change when the words move."""
+    import sacrebleu
+
+    predictions, references = _pairs(predictions, references)
     return float(sacrebleu.corpus_chrf(predictions, [references]).score)
+
+
+def bleu(predictions, references) -> float:
+    """Corpus BLEU (sacrebleu, default settings: word 1- to 4-grams, brevity penalty, the 13a
+    tokenizer), from 0 to 100. Its 3- and 4-grams only match where the words come in the
+    reference's order, so it is the order-sensitive score of the course. Use it on a corpus: a
+    short sentence often has no 4-gram in common with its reference, and its sentence BLEU then
+    rests on smoothing."""
+    import sacrebleu
+
+    predictions, references = _pairs(predictions, references)
+    return float(sacrebleu.corpus_bleu(predictions, [references]).score)
+
+
+def translation_scores(predictions, references) -> dict:
+    """``{"chrf", "bleu", "exact_match"}`` of ``predictions`` against ``references``."""
+    predictions, references = _pairs(predictions, references)
+    return {"chrf": chrf(predictions, references), "bleu": bleu(predictions, references),
+            "exact_match": sum(p == r for p, r in zip(predictions, references)) / len(references)}
+
+
+def copy_baseline(sentences, references) -> dict:
+    """The scores of the copy-the-input baseline: each English sentence, unchanged, taken as its
+    own Yoda-speak (``translation_scores(sentences, references)``). A model that does not beat it
+    has not learnt to reorder."""
+    return translation_scores(sentences, references)
 
 
 def evaluate_chrf(model, tok, rows, system_prompt: str | None = YODA_SYSTEM_PROMPT, *,
