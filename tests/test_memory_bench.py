@@ -376,6 +376,22 @@ def test_docs_state_what_the_shipped_table_holds(root):
             f"8-bit AdamW another {full_ckpt - full_8bit:,.0f} MiB") in notebook
 
 
+
+def test_docs_state_the_estimators_accuracy_and_checkpoint_size(root):
+    """memory_measurements.md's accuracy figures are the shipped table's, and the checkpoint size
+    is the parameter count in bf16."""
+    _, details, _ = _docs(root)
+    table = B.load_measurements()
+    measured = table[table["status"] == "measured"]
+    err = (measured["estimate_mib"] / measured["peak_alloc_mib"] - 1).abs()
+    worst = measured.loc[err.idxmax()]
+    assert (worst["shape"], worst["method"], worst["attn"], worst["seq_len"], worst["optim"], bool(worst["grad_ckpt"])) == (
+        "HuggingFaceTB/SmolLM2-135M", "qlora_trl", "eager", 512, "adamw_8bit", True)
+    assert (f"Estimator accuracy over the {len(measured)} measured rows: worst {100 * err.max():.1f}% (SmolLM2-135M, "
+            f"QLoRA with checkpointing, eager attention, 512 tokens, 8-bit AdamW), mean {100 * err.mean():.1f}%") in details
+    params = M.count_parameters("Llama-3.2-3B").total
+    assert f"({2 * params / 1e9:.1f} GB for Llama-3.2-3B: {params / 1e9:.1f} billion parameters in bf16)" in details
+
 def test_defaults_name_the_rows_that_use_the_defaults():
     """PEFT's prepare_model_for_kbit_training and TRL's SFTConfig turn gradient checkpointing on
     by default (transformers' TrainingArguments does not): every row or configuration called
