@@ -127,6 +127,7 @@ def test_notebook_06_learning_rate_is_dpo_configs(tmp_path):
     defaults = {name: f.default for name, f in DPOConfig.__dataclass_fields__.items()}
     assert defaults["learning_rate"] == 1e-6 < dpo.LEARNING_RATE
     assert defaults["beta"] == 0.1 == parameters(NB06)["BETA"]
+    assert parameters(NB07)["DPO_LR"] > defaults["learning_rate"]  # 07's comment: a LoRA's rate
 
 
 # ----------------------------------------------------------------------------- 07 packing
