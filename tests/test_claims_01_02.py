@@ -201,19 +201,22 @@ def test_padding_free_rows_get_a_block_diagonal_mask_without_flash_attention(att
     """02: with no attention_mask, transformers 5.17 builds a block-diagonal causal mask from the
     restarts in position_ids for sdpa and eager too: each example's logits are those it has alone.
     It needs no cache (`masking_utils._preprocess_mask_arguments`); SFTTrainer passes use_cache=False."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLCollator
+
     torch.manual_seed(0)
     model = cu.load_architecture("HuggingFaceTB/SmolLM2-135M", num_hidden_layers=2).float().eval()
     model.set_attn_implementation(attn)
-    a, b = torch.randint(5, 1000, (1, 5)), torch.randint(5, 1000, (1, 7))
-    row = torch.cat([a, b], dim=1)
-    position_ids = torch.cat([torch.arange(5), torch.arange(7)])[None]
+    a, b = torch.randint(5, 1000, (5,)).tolist(), torch.randint(5, 1000, (7,)).tolist()
+    batch = TRLCollator(pad_token_id=0, padding_free=True)([{"input_ids": a}, {"input_ids": b}])
+    assert "attention_mask" not in batch and batch["position_ids"][0].tolist() == list(range(5)) + list(range(7))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}  # what SFTTrainer hands the model
     with torch.no_grad():
-        alone = torch.cat([model(input_ids=a).logits, model(input_ids=b).logits], dim=1)
-        free = model(input_ids=row, position_ids=position_ids, use_cache=False).logits
+        alone = torch.cat([model(input_ids=torch.tensor([a])).logits, model(input_ids=torch.tensor([b])).logits], dim=1)
+        free = model(**inputs, use_cache=False).logits
         # The same row with a full attention mask, or with a cache: the second example sees the first.
-        leaky = model(input_ids=row, position_ids=position_ids, attention_mask=torch.ones_like(row),
-                      use_cache=False).logits
-        cached = model(input_ids=row, position_ids=position_ids, use_cache=True).logits
+        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                      attention_mask=torch.ones_like(batch["input_ids"]), use_cache=False).logits
+        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits
     torch.testing.assert_close(free, alone, atol=1e-4, rtol=1e-4)
     assert (leaky[:, 5:] - alone[:, 5:]).abs().max() > 1e-3
     assert (cached[:, 5:] - alone[:, 5:]).abs().max() > 1e-3
