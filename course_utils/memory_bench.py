@@ -63,8 +63,8 @@ GRIDS = {
                    methods=["full16", "lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
                    grad_ckpt=[False, True], seq_len=[512, 2048], attn=["eager", "sdpa"],
                    optim=["adamw", "adamw_8bit"], walk=True, mix=True, offload=True),
-    # The benchmark targets, the walk and activation offloading at Llama-3.2-3B, sequence 512,
-    # batch 1 (15 runs).
+    # The headline rows (LoRA and QLoRA with checkpointing off and on, the recipe), the walk and
+    # activation offloading at Llama-3.2-3B, sequence 512, batch 1 (15 runs).
     "targets": dict(shapes=["Llama-3.2-3B"], methods=["lora16", "qlora_hf", "qlora_trl", "qlora_recipe"],
                     grad_ckpt=[False, True], seq_len=[512], attn=["sdpa"], optim=["adamw"], walk=True, mix=False,
                     offload=True),
