@@ -66,9 +66,10 @@ def _move_first_letter(word: str) -> str:
 
 
 def _vowel_rule_ay(word: str) -> str:
-    """The consonant rule applied everywhere: vowel words get ``ay`` instead of ``way``."""
+    """A vowel word given ``ay`` instead of ``way``. Other words have no such mistake: their right
+    answer comes back, and ``wrong_answers`` leaves it out."""
     right = pig_latin.pig_latin_word(word)
-    return right[:-3] + "ay" if right.endswith("way") and word[0].lower() in pig_latin.VOWELS else word + "ay"
+    return right[:-3] + "ay" if right.endswith("way") and word[0].lower() in pig_latin.VOWELS else right
 
 
 MISTAKES = {

@@ -13,6 +13,8 @@ import torch
 
 from course_utils import collators, lora, yoda
 
+from tests.tiny import tiny_inputs, tiny_model
+
 
 def _cell(root, notebook, cell_id):
     nb = nbformat.read(root / "solutions" / notebook, as_version=4)
@@ -38,19 +40,6 @@ def _number(pattern, text):
 def pairs():
     ds = yoda.load_yoda(source="local", quiet=True)
     return list(ds["sentence"]), list(ds["translation"])
-
-
-def tiny_model():
-    from course_utils import load_architecture
-
-    torch.manual_seed(0)
-    return load_architecture("HuggingFaceTB/SmolLM2-135M-Instruct", num_hidden_layers=2, hidden_size=64,
-                             intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                             vocab_size=128).eval()
-
-
-def tiny_inputs():
-    return {"input_ids": torch.arange(12).reshape(1, 12) % 128}
 
 
 # ------------------------------------------------------------------------------ 03: metrics
@@ -273,7 +262,7 @@ def test_the_notebooks_combination_text_names_the_default(root):
 def test_unload_keeps_a_merge_and_a_changed_base():
     from peft import LoraConfig, get_peft_model
 
-    x = tiny_inputs()
+    x = tiny_inputs(12)
     base_logits = lora.logits(tiny_model(), x)
 
     unmerged = _two_adapters()
@@ -297,7 +286,7 @@ def test_unload_keeps_a_merge_and_a_changed_base():
 def test_pissa_and_olora_convert_to_a_rank_2r_lora_given_the_initial_adapter(tmp_path, init):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    x = tiny_inputs()
+    x = tiny_inputs(12)
     model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                     init_lora_weights=init))
     model.save_pretrained(tmp_path / "init")              # before training

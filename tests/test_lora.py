@@ -7,18 +7,7 @@ from torch import nn
 
 from course_utils import lora
 
-
-def tiny_model():
-    from course_utils import load_architecture
-
-    torch.manual_seed(0)
-    return load_architecture("HuggingFaceTB/SmolLM2-135M-Instruct", num_hidden_layers=2, hidden_size=64,
-                             intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                             vocab_size=128).eval()
-
-
-def tiny_inputs():
-    return {"input_ids": torch.arange(10).reshape(1, 10) % 128}
+from tests.tiny import tiny_inputs, tiny_model
 
 
 def test_lora_scaling():

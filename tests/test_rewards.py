@@ -43,9 +43,9 @@ def test_first_line_says_what_a_completion_is():
 
 
 def test_wrong_answers_are_wrong_and_typical():
-    assert rewards.wrong_answers("string") == {
+    assert rewards.wrong_answers("string") == {  # no vowel-word mistake for a consonant word
         "english unchanged": "string", "ay appended, nothing moved": "stringay",
-        "only the first letter moved": "tringsay", "vowel word given ay, not way": "stringay"}
+        "only the first letter moved": "tringsay"}
     eat = rewards.wrong_answers("eat")
     assert eat["vowel word given ay, not way"] == "eatay"
     assert "only the first letter moved" in eat  # "ateay"
