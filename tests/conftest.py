@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -20,6 +21,10 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         has_gpu = False
     if has_gpu:
+        # One worker runs the GPU tests, one after another: they measure the GPU's memory and time.
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.xdist_group("gpu"))
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

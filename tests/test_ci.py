@@ -1,4 +1,4 @@
-"""The GitHub Actions workflow: the whole of .ci/run on each push and pull request."""
+"""The GitHub Actions workflow: the whole of .ci/run on each push and pull request; how .ci/run runs the suite."""
 import tomllib
 
 import pytest
@@ -43,3 +43,19 @@ def test_a_step_runs_ci_run_on_ubuntu_with_the_python_floor(workflow, root):
     steps = [s.get("uses") or s.get("run") for s in job["steps"]]
     assert steps.index(setup[0]["uses"]) < steps.index("bash .ci/run")  # .ci/run's venv takes that Python
     assert any(str(s).startswith("actions/checkout@") for s in steps[:steps.index("bash .ci/run")])
+
+
+def test_the_suite_runs_on_two_xdist_workers_of_one_thread(root):
+    """CONTRIBUTING.md, "Tests" > "Two workers": pyproject.toml's addopts give every `pytest` (CI's
+    command in .ci/run included, which must not undo them) two workers that keep each xdist_group
+    together, and tests/smoke_env.py gives each worker one thread."""
+    import shlex
+
+    ini = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    addopts = shlex.split(ini["addopts"])
+    assert addopts[addopts.index("-n") + 1] == "2" and addopts[addopts.index("--dist") + 1] == "loadgroup", addopts
+    assert any(line.startswith("pytest-xdist==") for line in (root / "requirements-dev.txt").read_text().splitlines())
+    runs = [line for line in (root / ".ci" / "run").read_text().splitlines() if "python -m pytest" in line]
+    assert len(runs) == 1 and not {"-n", "-p", "--dist", "--numprocesses"} & set(shlex.split(runs[0])), runs
+    smoke = (root / "tests" / "smoke_env.py").read_text()
+    assert all(f'os.environ["{var}"] = "1"' in smoke for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))

@@ -9,6 +9,8 @@ from datasets import Dataset
 import course_utils as cu
 from course_utils import chat, collators, pig_latin
 
+pytestmark = pytest.mark.xdist_group("claims_01_02")  # one worker loads model_and_tok
+
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 
 

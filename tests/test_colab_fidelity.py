@@ -19,6 +19,8 @@ from packaging.utils import canonicalize_name
 from course_utils import build
 from course_utils import colab_env as ce
 
+pytestmark = pytest.mark.xdist_group("colab_fidelity")  # one worker builds the wheel and caches the resolutions
+
 COLAB_NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "colab").glob("*.ipynb"))
 # The install cell as it was before this test existed (issue 16): pip refuses it on Colab.
 OLD_PINS = ["transformers==5.17.0", "trl==1.16.0", "peft==0.21.2", "datasets==4.8.5", "accelerate==1.15.0",

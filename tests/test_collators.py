@@ -7,6 +7,8 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLCollat
 
 from course_utils import collators, pig_latin
 
+pytestmark = pytest.mark.xdist_group("collators")  # one worker loads model_and_tok
+
 
 @pytest.fixture(scope="module")
 def model_and_tok():

@@ -8,6 +8,8 @@ import torch
 
 from course_utils import dpo
 
+pytestmark = pytest.mark.xdist_group("dpo")  # one worker builds the judge trainer
+
 ROWS = [
     {"sentence": "You must trust your feelings.", "translation": "Trust your feelings, you must.",
      "translation_extra": "Trust your feelings, you must. Hmm."},

@@ -32,6 +32,8 @@ import pytest
 
 from course_utils import launch
 
+pytestmark = pytest.mark.xdist_group("multi_gpu")  # one worker: the launches are module fixtures, MEASURED is shared
+
 ROOT = Path(__file__).resolve().parent.parent
 MULTI = ROOT / "course_utils" / "data" / "multi_gpu"
 SFT_YAML = MULTI / "sft_yoda.yaml"
