@@ -82,25 +82,13 @@ def execute(src: Path, dst: Path, *, cell_timeout: int = -1) -> dict:
     Call it in a fresh process (``main`` does): the kernel's peak memory is read from this
     process's finished children."""
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    from .kernels import run_notebook
 
     nb = nbformat.read(src, as_version=4)
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(src.parent.resolve())}})
-    status, error = "ok", ""
     start = time.perf_counter()
-    try:
-        client.execute()
-    except CellExecutionError as err:
-        failed = next((i for i, c in enumerate(nb.cells) if any(
-            o.get("output_type") == "error" for o in c.get("outputs", []))), None)
-        status = f"error in cell {failed}"
-        error = f"{err.ename}: {err.evalue}"[:300]
-    except CellTimeoutError as err:
-        status, error = "timeout", str(err).splitlines()[0][:300]
-    except DeadKernelError as err:
-        status, error = "kernel died", str(err)[:300]
+    ran = run_notebook(nb, cwd=str(src.parent.resolve()), cell_timeout=None if cell_timeout < 0 else cell_timeout)
+    status, error = ran["status"], ran["error"]
     seconds = time.perf_counter() - start
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dst)

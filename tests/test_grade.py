@@ -5,9 +5,11 @@
 - The hostile and broken submissions in ``tests/submissions/`` are graded in one CLI run against
   the tiny fixture assignment ``tests/submissions/solutions/99_grading_fixture.ipynb`` (a kernel
   takes seconds): each gets exactly its expected statuses and points, and no file changes.
-- Real notebooks: each ``solutions/*.ipynb`` scores full marks and its generated student copy
-  scores zero. That costs three reduced-mode runs of the notebook (reference, solution, student),
-  so it runs for notebook 01 always and for the others only with ``COURSE_GRADE_ALL=1``.
+- Attacks on the grader itself (the sandbox, shortcuts, files) are in ``tests/test_grade_hostile.py``;
+  the real notebooks are graded in ``tests/test_grade_notebooks.py``.
+
+Only a submission's exercise cells run (inside the fixture's own notebook), so the attacks of the
+static submissions here sit inside an exercise cell; the sandbox is on, as by default.
 
 The submissions were generated from the fixture's student copy (``stub__...``) with small edits;
 ``test_fixture_stub_is_the_build_of_the_fixture`` says when the fixture changed and they must be
@@ -16,7 +18,6 @@ regenerated.
 import csv
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ import nbformat
 import pytest
 
 from course_utils import build, grade
+from course_utils.grade import planning, scoring
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
@@ -43,13 +45,15 @@ EXPECTED = {
                                     "softmax": ("not-implemented", 0)}),
     "partial": ("partial", 2.33, {"count_words": ("ok", 1), "softmax": ("partial", 1.33)}),
     "wrong": ("wrong", 0, {"count_words": ("wrong", 0), "softmax": ("wrong", 0)}),
-    "forger": ("wrong", 0, {"count_words": ("wrong", 0), "softmax": ("wrong", 0)}),
+    # patched probe_matches and cu.probe in its exercise cell to write guesses: the patches are
+    # undone when the cell ends, so the hidden tests record what its stubs do
+    "forger": ("not-implemented", 0, {"count_words": ("not-implemented", 0), "softmax": ("not-implemented", 0)}),
     "deleted": ("missing-exercise", 1, {"count_words": ("ok", 1), "softmax": ("missing-exercise", 0)}),
     "error": ("error", 1, {"count_words": ("ok", 1), "softmax": ("error", 0)}),
     "sysexit": ("error", 3, OK),  # sys.exit() does not stop an IPython kernel
     "osexit": ("kernel-died", 1, {"count_words": ("ok", 1), "softmax": ("kernel-died", 0)}),
-    "killer": ("kernel-died", 1, {"count_words": ("ok", 1), "softmax": ("kernel-died", 0)}),
-    "loop": ("timeout", 3, OK),  # interrupted after the cell limit; the notebook went on
+    "killer": ("ok", 3, OK),  # SIGKILL to its parent: in the sandbox that is the namespace's init
+    "loop": ("timeout", 3, OK),  # interrupted after the cell limit (softmax defined); the notebook went on
     "stubborn": ("timeout", 1, {"count_words": ("ok", 1), "softmax": ("timeout", 0)}),
     "flood": ("output-too-large", 3, OK),
     "truncated": ("malformed", 0, {"count_words": ("malformed", 0), "softmax": ("malformed", 0)}),
@@ -93,7 +97,7 @@ def test_student_name(path, student):
 
 @pytest.mark.parametrize("content, words", [
     (b"", "empty"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not text"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8"),
     (b'{"cells": [', "not valid JSON"),
     (b'["a", "list"]', "not a Jupyter notebook"),
     (b'{"cells": "none"}', "not a Jupyter notebook"),
@@ -139,42 +143,62 @@ def test_points_come_from_the_solution_with_a_default(tmp_path):
     nb = nbformat.read(FIXTURE, as_version=4)
     assignment = grade.load_assignment(FIXTURE)
     assert {e.id: e.points for e in assignment.exercises.values()} == {"count_words": 1, "softmax": 2}
-    del nb.cells[5].metadata["course"]["points"]
+    assert assignment.exercises["count_words"].forbid == ["__main__:count_words_reference"]
+    cell = next(c for c in nb.cells if c.metadata.get("course", {}).get("exercise") == "count_words")
+    del cell.metadata["course"]["points"]
     nbformat.write(nb, tmp_path / "98_x.ipynb")
     assert grade.load_assignment(tmp_path / "98_x.ipynb").exercises["count_words"].points == 1
-    nb.cells[5].metadata["course"]["points"] = "two"
+    cell.metadata["course"]["points"] = "two"
     nbformat.write(nb, tmp_path / "98_x.ipynb")
     with pytest.raises(ValueError, match="points"):
         grade.load_assignment(tmp_path / "98_x.ipynb")
+    cell.metadata["course"]["points"] = 1
+    cell.metadata["course"]["forbid"] = ["pig_latin_word"]  # no module: the grader could not find it
+    nbformat.write(nb, tmp_path / "98_x.ipynb")
+    with pytest.raises(ValueError, match="module:qualname"):
+        grade.load_assignment(tmp_path / "98_x.ipynb")
 
 
-def test_hidden_tests_follow_their_check_cell_wherever_it_is():
+def _order(steps):
+    return [(s.kind, s.block.key if s.block else s.exercise) for s in steps if s.kind in ("exercise", "hidden")]
+
+
+def test_the_plan_is_the_solution_with_the_students_exercise_cells():
     assignment = grade.load_assignment(FIXTURE)
     reordered = grade.read_submission(SUBMISSIONS / f"reordered__{STEM}.ipynb")
-    steps = grade.plan(reordered.cells, assignment, "/nowhere/probes.jsonl")
-    order = [("hidden", s.block.key) if s.block else ("cell", s.cell.id) for s in steps]
-    assert order.index(("hidden", "softmax")) == order.index(("cell", "ex2-check")) + 1
-    assert order.index(("hidden", "count_words")) == order.index(("cell", "ex1-check")) + 1
-    assert order.index(("hidden", "softmax")) < order.index(("hidden", "count_words"))
+    steps = grade.plan(assignment, reordered.cells, "/nowhere/probes.jsonl")
+    # the solution's order, whatever the student's: each exercise, then its hidden tests
+    assert _order(steps) == [("exercise", "count_words"), ("hidden", "count_words"),
+                             ("exercise", "softmax"), ("hidden", "softmax")]
+    mine = {s.exercise: s.student for s in steps if s.kind == "exercise"}
+    assert mine["softmax"] is grade.find_exercise(reordered.cells, assignment.exercises["softmax"])
+    solution_sources = {c.source for c in assignment.cells}
+    # every other step is the solution's own code or the grader's: none of the student's other cells
+    others = [s for s in steps if s.kind == "solution"]
+    assert others and all(s.source in solution_sources for s in others)
+    assert all(s.student.source in s.source or repr(s.student.source) in s.source
+               for s in steps if s.kind == "exercise")
     hidden = next(s.source for s in steps if s.block)
     assert "/nowhere/probes.jsonl" in hidden and "cu.probe(" in hidden
+    # the setup names the exercises' forbidden callables to the in-kernel monitor
+    assert "count_words_reference" in steps[0].source and steps[0].kind == "setup"
     # The reference run: the solution's own hidden tests are cut out of its cells, then injected.
     assert not any("BEGIN HIDDEN" in c.source or "cu.probe(" in c.source for c in assignment.cells)
+    reference = grade.plan(assignment, None, "p")
+    assert _order(reference) == _order(steps)
 
 
-def test_deleted_check_cell_falls_back_to_the_exercise_cell_and_then_the_end(tmp_path):
+def test_a_deleted_exercise_cell_is_not_run_and_its_hidden_tests_still_are(tmp_path):
     assignment = grade.load_assignment(FIXTURE)
     nb = nbformat.read(SUBMISSIONS / f"perfect__{STEM}.ipynb", as_version=4)
-    nb.cells = [c for c in nb.cells if c.get("id") not in ("ex1-check", "ex2", "ex2-check")]
-    steps = grade.plan(_cells(nb, tmp_path), assignment, "p")
-    order = [("hidden", s.block.key) if s.block else ("cell", s.cell.id) for s in steps]
-    assert order.index(("hidden", "count_words")) == order.index(("cell", "ex1")) + 1
-    assert order[-1] == ("hidden", "softmax")
+    nb.cells = [c for c in nb.cells if c.get("id") not in ("ex1-check", "ex2")]
+    steps = grade.plan(assignment, _cells(nb, tmp_path), "p")
+    assert _order(steps) == [("exercise", "count_words"), ("hidden", "count_words"), ("hidden", "softmax")]
 
 
 def test_install_lines_are_skipped():
     source = "%%capture\n!pip install -q trl==1.0\nif True:\n    %pip install x\nprint('!pip is fine here')"
-    out = grade._neutralise_installs(source)
+    out = planning.neutralise_installs(source)
     assert "install -q" not in out and "%pip install x" not in out
     assert "    pass  # skipped by the grader" in out and "print('!pip is fine here')" in out
 
@@ -183,7 +207,7 @@ def test_kernel_environment_names_no_grader_or_solution_path(monkeypatch, tmp_pa
     monkeypatch.setenv("COURSE_PROBE_FILE", "/somewhere/probes.jsonl")
     monkeypatch.setenv("MY_SOLUTIONS", str(FIXTURE.parent) + ":/x")
     monkeypatch.setenv("OLDPWD", str(ROOT))
-    env = grade._kernel_env(str(tmp_path), 1, [str(FIXTURE.parent)])
+    env = grade.kernel_env(str(tmp_path), 1, [str(FIXTURE.parent)])
     assert "COURSE_PROBE_FILE" not in env and "MY_SOLUTIONS" not in env and "OLDPWD" not in env
     assert env["COURSE_SMOKE"] == "1" and env["TQDM_DISABLE"] == "1" and env["PWD"] == str(tmp_path)
 
@@ -193,15 +217,15 @@ def test_only_matching_records_score_and_every_record_must_match():
     ex = assignment.exercises["count_words"]
     ref = grade.Reference({("count_words", "a"): {"exercise": "count_words", "name": "a", "value": 3},
                            ("count_words", "b"): {"exercise": "count_words", "name": "b", "value": 0}},
-                          {("count_words", "a"): 0, ("count_words", "b"): 0}, None)
+                          {("count_words", "a"): None, ("count_words", "b"): None}, None)
     sub = grade.Submission(Path("s.ipynb"), "s")
-    cell = grade._Cell(0, "code", "", "ex1", {"exercise": "count_words"})
+    cell = grade.Cell(0, "code", "", "ex1", {"exercise": "count_words"})
 
     def row(records):
-        run = grade.Run([grade.Step("", cell=cell)], {0: {"status": "ok", "ename": "", "evalue": "",
-                                                          "probe_lines": 9}},
+        run = grade.Run([grade.Step("", "exercise", cell=cell, student=cell, exercise="count_words")],
+                        {0: {"status": "ok", "ename": "", "evalue": "", "probe_lines": 9}},
                         "done", None, "", None, records, None, 0)
-        return grade._exercise_row(ex, sub, STEM, run, ref, cell, grade.Settings())
+        return scoring._exercise_row(ex, sub, STEM, run, ref, cell, grade.Settings())
 
     a3 = {"exercise": "count_words", "name": "a", "value": 3}
     b0 = {"exercise": "count_words", "name": "b", "value": 0}
@@ -228,11 +252,13 @@ def graded(tmp_path_factory):
     return proc, rows, out, before, after
 
 
+@pytest.mark.xdist_group("graded")
 def test_no_submission_file_is_modified(graded):
     _, _, _, before, after = graded
     assert before == after and len(before) == len(EXPECTED) + 1
 
 
+@pytest.mark.xdist_group("graded")
 def test_cli_exit_code_summary_and_progress_bar(graded):
     proc, rows, out, _, _ = graded
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -240,6 +266,7 @@ def test_cli_exit_code_summary_and_progress_bar(graded):
     assert "grading" in proc.stderr and "notebook" in proc.stderr  # the tqdm bar, on stderr
 
 
+@pytest.mark.xdist_group("graded")
 @pytest.mark.parametrize("student", sorted(EXPECTED))
 def test_each_submission_gets_its_expected_statuses(graded, student):
     _, rows, _, _, _ = graded
@@ -254,19 +281,21 @@ def test_each_submission_gets_its_expected_statuses(graded, student):
     assert all(r["assignment"] == STEM for r in mine.values())
 
 
+@pytest.mark.xdist_group("graded")
 def test_reasons_name_the_cell_and_the_exception(graded):
     _, rows, _, _, _ = graded
     reason = {(r["student"], r["exercise"]): r["reason"] for r in rows}
-    assert "print(undefined_name)" in reason["error", "TOTAL"] and "NameError" in reason["error", "TOTAL"]
+    assert "exercise cell 'softmax'" in reason["error", "TOTAL"] and "RuntimeError" in reason["error", "TOTAL"]
     assert "RuntimeError: I give up" in reason["error", "softmax"]
     assert "SystemExit" in reason["sysexit", "TOTAL"]
-    assert "os._exit(1)" in reason["osexit", "TOTAL"]
+    assert "kernel died in your exercise cell 'softmax'" in reason["osexit", "TOTAL"]
     assert "could not be interrupted" in reason["stubborn", "TOTAL"]
     assert "OverflowError" in reason["partial", "softmax"]
     assert "01_chat_templates" in reason["otherassignment", "TOTAL"]
     assert "not valid JSON" in reason["truncated", "TOTAL"]
 
 
+@pytest.mark.xdist_group("graded")
 def test_gradebook_columns_and_feedback_files(graded):
     _, rows, out, _, _ = graded
     with open(out / "gradebook.csv", encoding="utf-8") as fh:
@@ -288,39 +317,3 @@ def test_cli_rejects_an_unknown_assignment(tmp_path):
                            "--assignment", "42", "--solutions", str(FIXTURE.parent), "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "unknown assignment" in proc.stderr
-
-
-# ----------------------------------------------------------------------------- real notebooks
-def _real(path: Path):
-    marks = []
-    if not path.stem.startswith("01_") and os.environ.get("COURSE_GRADE_ALL") != "1":
-        marks.append(pytest.mark.skip(reason="costly: set COURSE_GRADE_ALL=1 to grade every notebook"))
-    return pytest.param(path, id=path.stem, marks=marks)
-
-
-@pytest.mark.parametrize("solution", [_real(p) for p in SOLUTIONS])
-def test_solution_scores_full_marks_and_student_copy_zero(solution, tmp_path):
-    nb = nbformat.read(solution, as_version=4)
-    subs = tmp_path / "subs"
-    subs.mkdir()
-    nbformat.write(build.student_notebook(nb, solution.stem), subs / f"student__{solution.stem}.ipynb")
-    before = solution.read_bytes()
-    rows = grade.grade([solution, subs], out=tmp_path / "out", solutions=solution.parent, jobs=2,
-                       progress=False)
-    assert solution.read_bytes() == before
-    assignment = grade.load_assignment(solution)
-    markdown = {e.id for e in assignment.exercises.values() if e.markdown}
-    by = {}
-    for r in rows:
-        by.setdefault(r.student, {})[r.exercise] = r
-    assert set(by) == {solution.parent.name, "student"}, by.keys()  # solutions/NN.ipynb -> "solutions"
-    by_hand = sum(e.points for e in assignment.exercises.values() if e.markdown)
-    for r in by[solution.parent.name].values():
-        if r.exercise == grade.TOTAL:  # written answers score 0 until the instructor grades them
-            assert (r.status, r.points) == ("ok", r.max_points - by_hand), f"solution, total: {r.reason}"
-        elif r.exercise in markdown:
-            assert r.status == "manual" and r.points == 0
-        else:
-            assert (r.status, r.points) == ("ok", r.max_points), f"solution, {r.exercise}: {r.reason}"
-    for r in by["student"].values():
-        assert r.points == 0, f"student copy, {r.exercise}: {r.status} {r.reason}"
