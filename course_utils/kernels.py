@@ -85,7 +85,9 @@ class Kernel:
 
         self.nb = nbformat.v4.new_notebook(metadata={"kernelspec": {
             "name": "python3", "display_name": "Python 3", "language": "python"}})
-        self.cwd, self.env, self.sandbox = cwd, env, sandbox
+        import os
+
+        self.cwd, self.env, self.sandbox = cwd, dict(os.environ) if env is None else env, sandbox
         self.cell_timeout = cell_timeout
         self._replies: dict[int, dict] = {}
         kwargs = {}

@@ -54,6 +54,8 @@ def grade(paths, *, assignment: str | None = None, out: str | Path = "grades",
     if sandbox and (why := sb.missing()):
         raise ValueError("cannot sandbox the kernels: " + why + ". Without a sandbox, "
                          + "; ".join(sb.PROTECTIONS))
+    if not sandbox and progress:
+        print("grading WITHOUT a sandbox (--no-sandbox): " + "; ".join(sb.PROTECTIONS), file=sys.stderr)
 
     out = Path(out)
     folder = Path(solutions) if solutions else default_solutions_dir()

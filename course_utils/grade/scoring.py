@@ -113,8 +113,8 @@ def _end_reason(run: Run, settings: Settings) -> str:
         return (f"{where} ran over the {settings.cell_timeout:g} s cell limit and could not be "
                 "interrupted, so the notebook was stopped there (look for an endless loop)")
     if run.end == "kernel-died":
-        return (f"the Python kernel died in {where} (os._exit(), killing a process, a crash or "
-                "running out of memory); the cells after it did not run")
+        return (f"the Python kernel died in {where} (os._exit(), killing a process, a crash, or "
+                "a sandbox limit such as memory or file size); the cells after it did not run")
     return f"the grader could not run the notebook: {run.error or 'unknown error'}"
 
 
