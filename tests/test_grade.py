@@ -317,3 +317,64 @@ def test_cli_rejects_an_unknown_assignment(tmp_path):
                            "--assignment", "42", "--solutions", str(FIXTURE.parent), "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "unknown assignment" in proc.stderr
+
+
+# ------------------------------------------------------------------ the in-kernel monitor (no kernel)
+def test_the_monitor_counts_the_students_calls_of_a_forbidden_callable_only(tmp_path):
+    import importlib
+    import json as json_module
+    import sys as sys_module
+
+    from course_utils.grade import monitor
+
+    monitor = importlib.reload(monitor)  # fresh module state
+    probe = tmp_path / "probes.jsonl"
+    monitor.start({"ex": ["json:dumps"], "other": ["json:loads"]}, str(probe))
+    student = {"json": json_module, "types": __import__("types")}
+    exec(compile("def answer(x):\n    return json.dumps(x)\n"
+                 "copy = types.FunctionType(json.dumps.__code__, json.dumps.__globals__)\n"
+                 "def uses_other(s):\n    return json.loads(s)\n", "<exercise ex>", "exec"), student)
+
+    def records():
+        return [json.loads(line) for line in probe.read_text().splitlines()] if probe.exists() else []
+
+    monitor.watch("ex")
+    try:
+        json_module.dumps([1])  # the notebook's own call: not counted
+        student["uses_other"]("[1]")  # forbidden for another exercise only
+        assert records() == []
+        student["answer"]([1])
+    finally:
+        monitor.unwatch("ex")
+    assert records() == [{"exercise": "ex", "name": monitor.USES_REFERENCE, "value": "json:dumps"}]
+    assert sys_module.getprofile() is None  # nothing left watching once no exercise is
+
+    probe.unlink()
+    monitor = importlib.reload(monitor)
+    monitor.start({"ex": ["json:dumps"]}, str(probe))
+    student["answer"]([1])  # outside a watch: not counted
+    monitor.watch("ex")
+    sys_module.setprofile(None)  # the student's code switching the hook off ...
+    monitor.unwatch("ex")
+    assert [r["value"] for r in records()] == ["sys.setprofile (the grader's call monitor was switched off)"]
+
+
+def test_the_monitor_undoes_what_an_exercise_patched(monkeypatch):
+    import builtins
+
+    import course_utils as cu
+    from course_utils.grade import monitor
+
+    before = monitor._snapshot()
+    real_probe, real_len = cu.probe, builtins.len
+    cu.probe = lambda *a, **k: None
+    builtins.len = lambda x: 0
+    builtins.planted_by_student = True
+    try:
+        changed = monitor._restore(before)
+        undone = (cu.probe is real_probe, builtins.len is real_len, hasattr(builtins, "planted_by_student"))
+    finally:
+        cu.probe, builtins.len = real_probe, real_len
+        builtins.__dict__.pop("planted_by_student", None)
+    assert undone == (True, True, False)
+    assert {"course_utils.probe", "builtins.len", "builtins.planted_by_student"} <= set(changed)
