@@ -169,8 +169,8 @@ for d in os.listdir("/proc"):
     "displayflood": (COUNT, SOFTMAX + '''
 from IPython.display import display
 handle = display("starting", display_id=True)
-for i in range(20_000):
-    handle.update("spam " * 40 + str(i))
+for i in range(2_000):  # 2 MB of display updates, no new output
+    handle.update("spam " * 200 + str(i))
 ''', []),
 }
 OK = {"count_words": ("ok", 1), "softmax": ("ok", 2)}
